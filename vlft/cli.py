@@ -1,0 +1,230 @@
+"""The `vlft` command: a thin click shell; each subcommand imports its layer only when it runs."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+EPILOG_TRAIN = """\b
+Example:
+  vlft train configs/internvl2_5_1b_lora.py --work-dir work/food --cfg-options schedule.lr=1e-4
+  torchrun --nproc_per_node 8 -m vlft.cli train configs/internvl2_2b_lora.py --deepspeed zero2
+"""
+
+
+def user_errors(fn):
+    """Turn vlft's own errors into one line on stderr and exit code 2 (tracebacks are for bugs)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - filtered just below
+            if not _is_user_error(exc):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from vlft.errors import VlftError
+
+    return isinstance(exc, VlftError) or (
+        isinstance(exc, (ValueError, KeyError, OSError)) and type(exc).__module__.startswith("vlft"))
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("DS_BUILD_SHM_ALL_REDUCE", "0")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="vlft")
+def main():
+    """Fine-tune vision-language models (InternVL, LLaVA) with LoRA/QLoRA, then merge and convert.
+
+    \b
+    Start here:  vlft demo                      (the whole journey on a tiny local model)
+    Your data:   vlft copy-config internvl2_5_1b_lora my.py ; vlft check-data my.py ; vlft train my.py
+    """
+
+
+@main.command(epilog=EPILOG_TRAIN)
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--work-dir", type=click.Path(file_okay=False), help="Where checkpoints and logs go.")
+@click.option("--deepspeed", "deepspeed", default=None,
+              help="zero2 (default from the config), zero3, none, or a DeepSpeed JSON file.")
+@click.option("--cfg-options", multiple=True, metavar="KEY=VALUE",
+              help="Override config keys, e.g. --cfg-options schedule.lr=1e-4 data.max_length=2048")
+@click.option("--resume", "resume", is_flag=False, flag_value="auto", default=None,
+              help="Continue from the latest checkpoint in the work dir (auto) or from a checkpoint DIR.")
+@user_errors
+def train(config, work_dir, deepspeed, cfg_options, resume):
+    """Fine-tune the model a CONFIG describes on its datasets."""
+    _quiet_libraries()
+    from vlft.engine.train import train_from_config
+
+    train_from_config(config, work_dir=work_dir, deepspeed=deepspeed, cfg_options=cfg_options, resume=resume)
+
+
+@main.command("check-data")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--cfg-options", multiple=True, metavar="KEY=VALUE", help="Override config keys.")
+@user_errors
+def check_data(config, cfg_options):
+    """Read every sample of CONFIG's datasets and report problems, tiles and token budgets (read-only).
+
+    \b
+    Example:
+      vlft check-data configs/internvl2_5_1b_lora.py
+    """
+    _quiet_libraries()
+    from vlft.data.preflight import check_data_from_config
+
+    sys.exit(check_data_from_config(config, cfg_options=cfg_options))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@user_errors
+def merge(checkpoint, out, dtype, overwrite):
+    """Fold a training CHECKPOINT's LoRA and connector into the full-precision base; write OUT.
+
+    \b
+    Example:
+      vlft merge work/food/checkpoint-1000 work/food/merged --dtype bf16
+    """
+    _quiet_libraries()
+    from vlft.export.merge import merge_checkpoint
+
+    merge_checkpoint(checkpoint, out, dtype=dtype, overwrite=overwrite)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--to", "target", type=click.Choice(["hf", "internvl-chat"]), required=True,
+              help="hf: transformers-native (vLLM, LMDeploy, transformers); internvl-chat: original layout.")
+@click.option("--verify/--no-verify", default=None,
+              help="Compare logits and greedy tokens with transformers' class (default: on when importable).")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
+@click.option("--max-shard-size", default="2GB", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@user_errors
+def convert(checkpoint, out, target, verify, dtype, max_shard_size, overwrite):
+    """Write CHECKPOINT (a training checkpoint or a merged model) in an official format to OUT.
+
+    \b
+    Example:
+      vlft convert work/food/checkpoint-1000 work/food/hf --to hf --verify
+    """
+    _quiet_libraries()
+    from vlft.export.convert import convert_checkpoint
+
+    convert_checkpoint(checkpoint, out, target=target, verify=verify, dtype=dtype,
+                       max_shard_size=max_shard_size, overwrite=overwrite)
+
+
+@main.command()
+@click.argument("model", type=click.Path(file_okay=False))
+@click.option("--image", type=click.Path(dir_okay=False), help="Image to talk about.")
+@click.option("--prompt", help="One-shot question; without it, an interactive chat starts.")
+@click.option("--max-new-tokens", default=256, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0 means greedy.")
+@click.option("--top-p", default=1.0, show_default=True)
+@user_errors
+def chat(model, image, prompt, max_new_tokens, temperature, top_p):
+    """Talk to MODEL (merged, converted hf, or a training checkpoint) about an image.
+
+    \b
+    Example:
+      vlft chat work/food/hf --image dish.jpg --prompt "Which dish is this?"
+    Interactive commands: /image PATH, /reset, /quit
+    """
+    _quiet_libraries()
+    from vlft.infer.chat import run_chat
+
+    run_chat(model, image=image, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+             top_p=top_p)
+
+
+@main.command("eval")
+@click.argument("models", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--data", "data", required=True, type=click.Path(dir_okay=False),
+              help="Closed-set VQA / multiple-choice file (LLaVA, ShareGPT or FoodieQA-style).")
+@click.option("--image-root", type=click.Path(file_okay=False), help="Image paths are relative to this.")
+@click.option("--out", type=click.Path(dir_okay=False), help="JSONL of every prediction.")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--max-new-tokens", default=16, show_default=True)
+@user_errors
+def evaluate(models, data, image_root, out, batch_size, max_new_tokens):
+    """Accuracy of one or more MODELS on a closed-set file (two models: a before/after table).
+
+    \b
+    Example:
+      vlft eval base/ work/food/hf --data food_test.json --image-root images/
+    """
+    _quiet_libraries()
+    from vlft.infer.evaluate import run_eval
+
+    run_eval(list(models), data, image_root=image_root, out=out, batch_size=batch_size,
+             max_new_tokens=max_new_tokens)
+
+
+@main.command()
+@click.option("--work-dir", type=click.Path(file_okay=False), default="vlft-demo", show_default=True)
+@click.option("--steps", default=None, type=int, help="Training steps (default: the demo's own).")
+@user_errors
+def demo(work_dir, steps):
+    """Run the whole journey on a tiny local model: data, check, train, merge, convert, evaluate.
+
+    \b
+    Example:
+      vlft demo --work-dir /tmp/vlft-demo
+    """
+    _quiet_libraries()
+    from vlft.demo import run_demo
+
+    run_demo(work_dir, steps=steps)
+
+
+@main.command("list-configs")
+@click.option("-p", "--pattern", default="", help="Only names containing this.")
+def list_configs(pattern):
+    """List the shipped configs (copy one with `vlft copy-config NAME DEST`)."""
+    from vlft.shipped import shipped_configs
+
+    for name, path in shipped_configs().items():
+        if pattern in name:
+            click.echo(f"{name:<32} {path}")
+
+
+@main.command("copy-config")
+@click.argument("name")
+@click.argument("dest", type=click.Path())
+@user_errors
+def copy_config(name, dest):
+    """Copy the shipped config NAME to DEST to start your own.
+
+    \b
+    Example:
+      vlft copy-config internvl2_5_1b_lora my_food.py
+    """
+    from vlft.shipped import copy_shipped_config
+
+    click.echo(f"copied to {copy_shipped_config(name, dest)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""Image -> normalised pixel tiles for the vision encoder (InternVL dynamic, LLaVA-1.5, LLaVA-NeXT).
+
+Pure PIL/numpy/torch. Every mode reproduces the official preprocessing pixel for pixel: the grid choice
+follows transformers' ``GotOcr2ImageProcessorPil`` / ``select_best_resolution``, resizing is PIL bicubic on
+uint8 as they do, and normalisation uses the same float64 rescale then float32 arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+MODES = ("dynamic", "pad_square", "anyres", "resize")
+
+
+class ImageError(ValueError):
+    """An image file that is missing or cannot be decoded; the message names the path."""
+
+
+@dataclass(frozen=True)
+class TilingSpec:
+    """How one image becomes tiles.
+
+    Example:
+        >>> TilingSpec(mode="dynamic", tile_size=448, max_tiles=6).max_tiles
+        6
+    """
+
+    mode: str = "dynamic"
+    """"dynamic" (InternVL), "pad_square" (LLaVA-1.5), "anyres" (LLaVA-NeXT) or "resize" (one plain tile)."""
+    tile_size: int = 448
+    """Side of a square tile in pixels (InternVL 448, CLIP-336 LLaVA 336)."""
+    min_tiles: int = 1
+    """Fewest grid tiles for "dynamic" (InternVL min_dynamic_patch); the thumbnail is not counted."""
+    max_tiles: int = 12
+    """Most grid tiles for "dynamic" (InternVL max_dynamic_patch); the thumbnail is not counted."""
+    use_thumbnail: bool = True
+    """"dynamic" only: append the whole image as one extra tile when the grid has more than one tile."""
+    grid_pinpoints: tuple[tuple[int, int], ...] = ()
+    """"anyres" only: candidate canvases as (height, width), each a multiple of tile_size."""
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    """Per-channel mean in [0, 1]; also the pad colour for "pad_square"."""
+    std: tuple[float, float, float] = IMAGENET_STD
+    """Per-channel std in [0, 1]."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"TilingSpec.mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if not isinstance(self.tile_size, int) or self.tile_size <= 0:
+            raise ValueError(f"TilingSpec.tile_size must be a positive integer; got {self.tile_size!r}")
+        if not isinstance(self.min_tiles, int) or self.min_tiles < 1:
+            raise ValueError(f"TilingSpec.min_tiles must be an integer >= 1; got {self.min_tiles!r}")
+        if not isinstance(self.max_tiles, int) or self.max_tiles < self.min_tiles:
+            raise ValueError(
+                f"TilingSpec.max_tiles must be an integer >= min_tiles ({self.min_tiles}); got {self.max_tiles!r}"
+            )
+        # Configs are Python files that naturally write lists; tuples keep the frozen spec hashable.
+        try:
+            pinpoints = tuple((int(h), int(w)) for h, w in self.grid_pinpoints)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"TilingSpec.grid_pinpoints must be (height, width) pairs; got {self.grid_pinpoints!r}"
+            ) from None
+        object.__setattr__(self, "grid_pinpoints", pinpoints)
+        if self.mode == "anyres" and not pinpoints:
+            raise ValueError(
+                "TilingSpec.grid_pinpoints is required for mode='anyres', e.g. ((336, 672), (672, 336), (672, 672))"
+            )
+        for h, w in pinpoints:
+            # A canvas that is not a whole number of tiles would leave partial tiles at its edges.
+            if h <= 0 or w <= 0 or h % self.tile_size or w % self.tile_size:
+                raise ValueError(
+                    f"TilingSpec.grid_pinpoints entry ({h}, {w}) must be positive multiples of "
+                    f"tile_size ({self.tile_size})"
+                )
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            try:
+                floats = tuple(float(v) for v in value)
+            except TypeError:
+                floats = ()
+            if len(floats) != 3:
+                raise ValueError(f"TilingSpec.{name} must be three floats (R, G, B); got {value!r}")
+            object.__setattr__(self, name, floats)
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"TilingSpec.std must be positive; got {self.std!r}")
+
+
+@lru_cache(maxsize=64)
+def _candidate_grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], ...]:
+    # The order decides ties, so it is the reference's exactly: cols-major, rows-minor, then a stable
+    # sort by tile count.
+    grids = [
+        (cols, rows)
+        for cols in range(1, max_tiles + 1)
+        for rows in range(1, max_tiles + 1)
+        if min_tiles <= cols * rows <= max_tiles
+    ]
+    return tuple(sorted(grids, key=lambda g: g[0] * g[1]))
+
+
+def choose_grid(width: int, height: int, *, min_tiles: int, max_tiles: int, tile_size: int) -> tuple[int, int]:
+    """The InternVL tile grid (cols, rows) for an image of ``width`` x ``height`` pixels.
+
+    Picks the grid with min_tiles <= cols * rows <= max_tiles whose aspect ratio is closest to the
+    image's; on an exact tie the later (larger) grid wins only if the image area exceeds half the
+    grid's pixel area. When no grid fits (min_tiles > max_tiles, as a shared budget can cause) the
+    result is (1, 1), as in InternVL and transformers.
+
+    Example:
+        >>> choose_grid(896, 448, min_tiles=1, max_tiles=12, tile_size=448)
+        (2, 1)
+        >>> choose_grid(448, 448, min_tiles=1, max_tiles=12, tile_size=448)
+        (1, 1)
+        >>> choose_grid(2000, 2000, min_tiles=1, max_tiles=12, tile_size=448)
+        (3, 3)
+    """
+    aspect_ratio = width / height
+    area = width * height
+    best_diff = float("inf")
+    best = (1, 1)
+    for cols, rows in _candidate_grids(min_tiles, max_tiles):
+        diff = abs(aspect_ratio - cols / rows)
+        if diff < best_diff:
+            best_diff, best = diff, (cols, rows)
+        # Equal-ratio grids are only worth their extra tiles when the image has the pixels to fill them.
+        elif diff == best_diff and area > 0.5 * tile_size * tile_size * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def _select_best_resolution(width: int, height: int, pinpoints: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """LLaVA-NeXT's canvas choice: the (height, width) pinpoint that keeps the most of the image's
+    pixels after an aspect-preserving fit, then wastes the least canvas.
+
+    Example:
+        >>> _select_best_resolution(800, 400, ((336, 672), (672, 336), (672, 672)))
+        (336, 672)
+    """
+    best = pinpoints[0]
+    best_effective, best_wasted = 0, float("inf")
+    for canvas_h, canvas_w in pinpoints:
+        scale = min(canvas_w / width, canvas_h / height)
+        effective = min(int(width * scale) * int(height * scale), width * height)
+        wasted = canvas_w * canvas_h - effective
+        if effective > best_effective or (effective == best_effective and wasted < best_wasted):
+            best, best_effective, best_wasted = (canvas_h, canvas_w), effective, wasted
+    return best
+
+
+def _fit_inside(width: int, height: int, canvas_w: int, canvas_h: int) -> tuple[int, int]:
+    """(width, height) of the image scaled to fit the canvas, as transformers' get_patch_output_size.
+
+    Example:
+        >>> _fit_inside(800, 400, 672, 672)
+        (672, 336)
+    """
+    scale_w, scale_h = canvas_w / width, canvas_h / height
+    if scale_w < scale_h:
+        return canvas_w, min(math.ceil(height * scale_w), canvas_h)
+    return min(math.ceil(width * scale_h), canvas_w), canvas_h
+
+
+def _resolve_max(spec: TilingSpec, max_tiles: int | None) -> int:
+    if max_tiles is None:
+        return spec.max_tiles
+    if max_tiles < 1:
+        raise ValueError(f"max_tiles must be >= 1; got {max_tiles}")
+    return max_tiles
+
+
+def num_tiles(width: int, height: int, spec: TilingSpec, max_tiles: int | None = None) -> int:
+    """How many tiles ``tiles_for_image`` returns for an image of this size, without touching pixels.
+
+    Counts the thumbnail ("dynamic") or base image ("anyres"). ``max_tiles`` overrides
+    ``spec.max_tiles`` for "dynamic"; the other modes ignore it (see ``tiles_for_image``).
+
+    Example:
+        >>> num_tiles(896, 448, TilingSpec())
+        3
+        >>> num_tiles(896, 448, TilingSpec(), max_tiles=1)
+        1
+        >>> num_tiles(800, 400, TilingSpec(mode="anyres", tile_size=336, grid_pinpoints=((336, 672), (672, 672))))
+        3
+    """
+    if spec.mode == "dynamic":
+        cols, rows = choose_grid(
+            width, height, min_tiles=spec.min_tiles, max_tiles=_resolve_max(spec, max_tiles), tile_size=spec.tile_size
+        )
+        grid = cols * rows
+        return grid + 1 if spec.use_thumbnail and grid > 1 else grid
+    if spec.mode == "anyres":
+        canvas_h, canvas_w = _select_best_resolution(width, height, spec.grid_pinpoints)
+        return 1 + (canvas_h // spec.tile_size) * (canvas_w // spec.tile_size)
+    return 1
+
+
+def _normalize(image: Image.Image, spec: TilingSpec) -> torch.Tensor:
+    """uint8 RGB image -> float32 [3, H, W], /255 then (x - mean) / std.
+
+    Rescales in float64 and normalises in float32, as transformers does, so values match it bit for bit.
+
+    Example:
+        >>> _normalize(Image.new("RGB", (4, 2)), TilingSpec()).shape
+        torch.Size([3, 2, 4])
+    """
+    pixels = np.asarray(image, dtype=np.uint8)  # [H, W, 3]
+    scaled = (pixels.astype(np.float64) * (1 / 255)).astype(np.float32)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    normed = (scaled - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(normed.transpose(2, 0, 1)))  # [H, W, 3] -> [3, H, W]
+
+
+def _cut(canvas: torch.Tensor, tile_size: int) -> torch.Tensor:
+    """[3, rows*t, cols*t] -> [rows*cols, 3, t, t], row-major (left to right, then top to bottom).
+
+    Example:
+        >>> _cut(torch.zeros(3, 4, 6), 2).shape
+        torch.Size([6, 3, 2, 2])
+    """
+    channels, height, width = canvas.shape
+    rows, cols = height // tile_size, width // tile_size
+    tiles = canvas.reshape(channels, rows, tile_size, cols, tile_size)  # [3, rows, t, cols, t]
+    tiles = tiles.permute(1, 3, 0, 2, 4)  # [rows, cols, 3, t, t]
+    return tiles.reshape(rows * cols, channels, tile_size, tile_size)
+
+
+def _pad_to_square(image: Image.Image, color: tuple[int, int, int]) -> Image.Image:
+    """Centre the image on a square of ``color``, as LLaVA's expand2square.
+
+    Example:
+        >>> _pad_to_square(Image.new("RGB", (4, 2)), (1, 2, 3)).size
+        (4, 4)
+    """
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    square = Image.new("RGB", (side, side), color)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square
+
+
+def tiles_for_image(image: Image.Image, spec: TilingSpec, max_tiles: int | None = None) -> torch.Tensor:
+    """Cut an image into normalised tiles: float32 [n_tiles, 3, tile_size, tile_size].
+
+    - "dynamic": the ``choose_grid`` tiles row-major, then the thumbnail (whole image) LAST when the
+      grid has more than one tile and ``spec.use_thumbnail``.
+    - "pad_square": the image centred on a square of the mean colour, resized: one tile.
+    - "anyres": the base image (whole image squashed to one tile) FIRST, then the tiles of the
+      aspect-preserving fit into the best pinpoint, padded with black.
+    - "resize": the image squashed to one tile.
+
+    ``max_tiles`` overrides ``spec.max_tiles`` for "dynamic" (a per-dataset or shared budget).
+    "anyres" ignores it: the model re-derives the grid from the image size and its own pinpoints, so
+    a budget would desynchronise the two; pass fewer pinpoints instead.
+
+    Example:
+        >>> spec = TilingSpec(tile_size=28, max_tiles=6)
+        >>> tiles_for_image(Image.new("RGB", (60, 30)), spec).shape
+        torch.Size([3, 3, 28, 28])
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    size = spec.tile_size
+    width, height = image.size
+
+    if spec.mode == "dynamic":
+        cols, rows = choose_grid(
+            width, height, min_tiles=spec.min_tiles, max_tiles=_resolve_max(spec, max_tiles), tile_size=size
+        )
+        canvas = _normalize(image.resize((size * cols, size * rows), Image.BICUBIC), spec)  # [3, rows*t, cols*t]
+        tiles = _cut(canvas, size)  # [rows*cols, 3, t, t]
+        if spec.use_thumbnail and cols * rows > 1:
+            thumbnail = _normalize(image.resize((size, size), Image.BICUBIC), spec)  # [3, t, t]
+            tiles = torch.cat([tiles, thumbnail[None]])  # [rows*cols + 1, 3, t, t]
+        return tiles
+
+    if spec.mode == "anyres":
+        canvas_h, canvas_w = _select_best_resolution(width, height, spec.grid_pinpoints)
+        fit_w, fit_h = _fit_inside(width, height, canvas_w, canvas_h)
+        padded = Image.new("RGB", (canvas_w, canvas_h), (0, 0, 0))
+        padded.paste(image.resize((fit_w, fit_h), Image.BICUBIC), ((canvas_w - fit_w) // 2, (canvas_h - fit_h) // 2))
+        tiles = _cut(_normalize(padded, spec), size)  # [3, H, W] -> [rows*cols, 3, t, t]
+        base = _normalize(image.resize((size, size), Image.BICUBIC), spec)  # [3, t, t]
+        return torch.cat([base[None], tiles])  # [1 + rows*cols, 3, t, t]
+
+    if spec.mode == "pad_square":
+        # int() truncates, as LLaVA and transformers do; rounding would shift the pad colour by one level.
+        image = _pad_to_square(image, tuple(int(m * 255) for m in spec.mean))
+    return _normalize(image.resize((size, size), Image.BICUBIC), spec)[None]  # [1, 3, t, t]
+
+
+def shared_tile_budget(max_tiles: int, num_images: int) -> int:
+    """Per-image tile budget when ``num_images`` images share one sample, as InternVL does.
+
+    Example:
+        >>> shared_tile_budget(12, 1), shared_tile_budget(12, 5), shared_tile_budget(12, 20)
+        (12, 2, 1)
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1; got {num_images}")
+    return max(1, max_tiles // num_images)
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as RGB, fully decoded, so a bad file fails here with its path.
+
+    No EXIF rotation is applied: InternVL and LLaVA training code does not apply it either.
+
+    Example:
+        >>> load_image("/no/such.jpg")
+        Traceback (most recent call last):
+        ...
+        vlft.data.tiling.ImageError: image not found: /no/such.jpg
+    """
+    try:
+        with Image.open(path) as image:
+            # convert() forces the decode that Image.open defers, so truncated files fail here too.
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise ImageError(f"image not found: {os.fspath(path)}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageError(
+            f"cannot read image {os.fspath(path)}: {err} (re-encode it, or drop the sample)"
+        ) from err

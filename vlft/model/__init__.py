@@ -1,0 +1,1 @@
+"""The composed VLM and how it is built, loaded and wrapped for training."""

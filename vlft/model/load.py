@@ -1,0 +1,193 @@
+"""Build the composed VLM from a model spec: a whole checkpoint (any supported layout) or parts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vlft.errors import CheckpointError
+from vlft.model.connector import Connector
+from vlft.model.layouts import Layout, detect_layout, read_safetensors_dir
+from vlft.model.vlm import VisionLanguageModel, VLMInfo
+from vlft.specs import ModelSpec, QuantSpec
+
+INTERNVL_IMAGE_TOKEN = "<IMG_CONTEXT>"
+LLAVA_IMAGE_TOKEN = "<image>"
+#: Tokens InternVL needs in the vocabulary; a bare LLM composed from parts gets them added.
+INTERNVL_NEW_TOKENS = ("<img>", "</img>", INTERNVL_IMAGE_TOKEN, "<video>")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def quantization_config(quant: QuantSpec | None):
+    """bitsandbytes settings for the LLM only: the vision tower, connector and lm_head stay unquantized."""
+    if quant is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    keep = ["vision_tower", "multi_modal_projector", "lm_head"]
+    if quant.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
+                              bnb_4bit_use_double_quant=quant.double_quant,
+                              bnb_4bit_compute_dtype=torch_dtype(quant.compute_dtype),
+                              llm_int8_skip_modules=keep)
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
+
+
+def build_vlm(spec: ModelSpec, *, quantize: bool = True) -> tuple[VisionLanguageModel, object]:
+    """Load the model a spec describes, with its tokenizer. LoRA is applied later (vlft.model.adapters).
+
+    quantize=False loads the LLM in full precision even if the spec asks for QLoRA (merging needs that).
+    """
+    quant = quantization_config(spec.llm.quantization) if quantize else None
+    kwargs = dict(dtype=torch_dtype(spec.dtype), attn_implementation=spec.attn_implementation,
+                  quantization_config=quant)
+    if spec.path is not None:
+        layout = detect_layout(spec.path)
+        if layout in (Layout.HF_INTERNVL, Layout.HF_LLAVA):
+            return _from_official_dir(spec.path, layout, spec, kwargs)
+        if layout is Layout.INTERNVL_CHAT:
+            return _from_internvl_chat_dir(spec.path, spec, kwargs)
+        raise CheckpointError(f"model.path={spec.path}: a {layout.value} directory is not a whole VLM; "
+                              "use model.vision.path and model.llm.path to compose from parts")
+    return _from_parts(spec, kwargs)
+
+
+def _official_class(layout: Layout):
+    from transformers import InternVLForConditionalGeneration, LlavaForConditionalGeneration
+
+    return InternVLForConditionalGeneration if layout is Layout.HF_INTERNVL else LlavaForConditionalGeneration
+
+
+def _from_official_dir(path, layout: Layout, spec: ModelSpec, kwargs):
+    official = _official_class(layout).from_pretrained(str(path), **kwargs)
+    return _decompose(official, spec), load_tokenizer(path)
+
+
+def _from_internvl_chat_dir(path, spec: ModelSpec, kwargs):
+    """Map the original layout's weights into the official class without running its remote code."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    from vlft.model.internvl_chat_layout import internvl_chat_to_native
+
+    tokenizer = load_tokenizer(path)
+    chat_config = json.loads((Path(path) / "config.json").read_text())
+    image_token_id = tokenizer.convert_tokens_to_ids(INTERNVL_IMAGE_TOKEN)
+    native, hf_config = internvl_chat_to_native(read_safetensors_dir(path), chat_config,
+                                                image_token_id=image_token_id)
+    official = InternVLForConditionalGeneration.from_pretrained(
+        None, config=InternVLConfig(**hf_config), state_dict=native, **kwargs)
+    return _decompose(official, spec), tokenizer
+
+
+def _decompose(official, spec: ModelSpec) -> VisionLanguageModel:
+    """Take the official model's parts into the composed module (no copies of the big weights)."""
+    from transformers import AutoModelForCausalLM
+
+    config = official.config
+    inner = official.model
+    with torch.device("meta"):
+        language_model = AutoModelForCausalLM.from_config(config.text_config)
+    language_model.model = inner.language_model
+    language_model.lm_head = official.lm_head
+    for flag in ("is_loaded_in_4bit", "is_loaded_in_8bit", "hf_quantizer", "quantization_method"):
+        if hasattr(official, flag):
+            setattr(language_model, flag, getattr(official, flag))
+    language_model.config = config.text_config
+    family = "internvl" if config.model_type == "internvl" else "llava"
+    vision_config = config.vision_config
+    ratio = getattr(config, "downsample_ratio", 1.0) if family == "internvl" else 1.0
+    projector = _connector_like(vision_config.hidden_size, config.text_config.hidden_size, ratio,
+                                dtype=official.lm_head.weight.dtype if not _is_quantized(official.lm_head) else None)
+    missing, unexpected = projector.load_state_dict(inner.multi_modal_projector.state_dict(), strict=False)
+    if unexpected or [k for k in missing if not k.startswith("act")]:
+        raise CheckpointError(f"connector weights do not fit: missing {missing}, unexpected {unexpected}")
+    info = VLMInfo(
+        family=family,
+        image_token_id=int(config.image_token_id if family == "internvl" else config.image_token_index),
+        select_layer=int(_feature_layer(config)),
+        downsample_ratio=float(ratio),
+        tile_size=_first(vision_config.image_size),
+        patch_size=_first(vision_config.patch_size),
+    )
+    if spec.vision.select_layer is not None:
+        info = VLMInfo(**{**info.__dict__, "select_layer": spec.vision.select_layer})
+    model = VisionLanguageModel(inner.vision_tower, projector, language_model, info)
+    _check_no_meta(model)
+    return model
+
+
+def _from_parts(spec: ModelSpec, kwargs):
+    """Stage-1 recipe: a vision encoder directory + an LLM directory + a fresh connector."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    for key, path in (("model.vision.path", spec.vision.path), ("model.llm.path", spec.llm.path)):
+        layout = detect_layout(path)
+        expected = Layout.VISION if key == "model.vision.path" else Layout.LLM
+        if layout is not expected:
+            raise CheckpointError(f"{key}={path}: expected a {expected.value} directory, found {layout.value}")
+    dtype = kwargs["dtype"]
+    vision = AutoModel.from_pretrained(spec.vision.path, dtype=dtype, attn_implementation=kwargs["attn_implementation"])
+    llm = AutoModelForCausalLM.from_pretrained(spec.llm.path, **kwargs)
+    tokenizer = load_tokenizer(spec.llm.path)
+    if spec.family == "internvl":
+        missing = [t for t in INTERNVL_NEW_TOKENS if t not in tokenizer.get_vocab()]
+        image_token = INTERNVL_IMAGE_TOKEN
+    else:
+        missing = [LLAVA_IMAGE_TOKEN] if LLAVA_IMAGE_TOKEN not in tokenizer.get_vocab() else []
+        image_token = LLAVA_IMAGE_TOKEN
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+        llm.resize_token_embeddings(len(tokenizer))
+    vcfg = AutoConfig.from_pretrained(spec.vision.path)
+    projector = _connector_like(vcfg.hidden_size, llm.config.hidden_size, spec.connector.downsample_ratio,
+                                dtype=dtype)
+    info = VLMInfo(family=spec.family, image_token_id=tokenizer.convert_tokens_to_ids(image_token),
+                   select_layer=_default_select_layer(spec), downsample_ratio=spec.connector.downsample_ratio,
+                   tile_size=_first(vcfg.image_size), patch_size=_first(vcfg.patch_size))
+    return VisionLanguageModel(vision, projector, llm, info), tokenizer
+
+
+def _connector_like(vision_hidden, text_hidden, ratio, dtype) -> Connector:
+    connector = Connector(vision_hidden, text_hidden, ratio)
+    return connector.to(dtype) if dtype is not None else connector
+
+
+def _default_select_layer(spec: ModelSpec) -> int:
+    if spec.vision.select_layer is not None:
+        return spec.vision.select_layer
+    return -1 if spec.family == "internvl" else -2
+
+
+def _feature_layer(config) -> int:
+    layer = getattr(config, "vision_feature_layer", -1)
+    if isinstance(layer, (list, tuple)):
+        raise CheckpointError(f"vision_feature_layer={layer}: several feature layers are not supported")
+    return layer
+
+
+def _first(value) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def _is_quantized(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("bitsandbytes")
+
+
+def _check_no_meta(model: nn.Module) -> None:
+    left = [name for name, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise RuntimeError(f"parameters left on the meta device after loading: {left[:5]}")

@@ -1,0 +1,87 @@
+"""The composed VLM: vision tower -> connector -> image features scattered into the LLM's embeddings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlft.model.connector import Connector
+
+
+@dataclass(frozen=True)
+class VLMInfo:
+    """What the rest of vlft needs to know about a built model, independent of its file layout."""
+
+    family: str               # "internvl" | "llava"
+    image_token_id: int       # the context token whose embeddings image features replace
+    select_layer: int         # hidden layer of the vision tower that feeds the connector
+    downsample_ratio: float   # pixel-shuffle ratio (1.0: none)
+    tile_size: int            # vision input side in pixels
+    patch_size: int
+
+    @property
+    def tokens_per_tile(self) -> int:
+        side = self.tile_size // self.patch_size
+        return int(side * self.downsample_ratio) ** 2
+
+
+class VisionLanguageModel(nn.Module):
+    """One module for every family: `vision_tower`, `multi_modal_projector`, `language_model` (a CausalLM).
+
+    The state-dict keys equal those transformers writes for InternVL/LLaVA "-hf" checkpoints, so the
+    native layout needs no key map.
+    """
+
+    def __init__(self, vision_tower: nn.Module, multi_modal_projector: Connector, language_model: nn.Module,
+                 info: VLMInfo):
+        super().__init__()
+        self.vision_tower = vision_tower
+        self.multi_modal_projector = multi_modal_projector
+        self.language_model = language_model
+        self.info = info
+
+    @property
+    def device(self) -> torch.device:
+        return self.multi_modal_projector.linear_1.weight.device
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[tiles, 3, S, S] -> [tiles, tokens_per_tile, D_text]."""
+        dtype = self.multi_modal_projector.linear_1.weight.dtype
+        # InternVL reads layer -1 as the encoder's output; LLaVA always indexes the hidden-state list.
+        last = self.info.family == "internvl" and self.info.select_layer == -1
+        out = self.vision_tower(pixel_values=pixel_values.to(dtype), output_hidden_states=not last, return_dict=True)
+        features = out.last_hidden_state if last else out.hidden_states[self.info.select_layer]
+        return self.multi_modal_projector(features[:, 1:, :])  # drop CLS
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the image-token slots replaced by image features, in order."""
+        embeds = self.language_model.get_input_embeddings()(input_ids)  # [B, T, D]
+        slots = input_ids == self.info.image_token_id
+        n_slots = int(slots.sum())
+        if pixel_values is None or pixel_values.numel() == 0:
+            if n_slots:
+                raise ValueError(f"{n_slots} image tokens in the input but no pixel values")
+            return embeds
+        features = self.encode_images(pixel_values).reshape(-1, embeds.shape[-1])
+        if features.shape[0] != n_slots:
+            raise ValueError(f"image features ({features.shape[0]} tokens from {pixel_values.shape[0]} tiles) "
+                             f"and image tokens in the text ({n_slots}) differ")
+        return embeds.masked_scatter(slots.unsqueeze(-1), features.to(embeds.dtype))
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **kwargs):
+        inputs_embeds = self.embed(input_ids, pixel_values)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **generate_kwargs) -> torch.Tensor:
+        """Returns only the new tokens, [B, new]."""
+        inputs_embeds = self.embed(input_ids, pixel_values)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                            **generate_kwargs)

@@ -1,0 +1,77 @@
+"""Train a tiny byte-level BPE tokenizer locally, with the special tokens of the VLM families."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+# Specials shared by every tiny tokenizer so one vocabulary serves every chat template.
+CHAT_SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",          # chatml (Qwen, InternLM2)
+    "<s>", "</s>", "<unk>",                                 # llama / vicuna
+    "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",  # llama3
+]
+INTERNVL_IMAGE_TOKENS = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<video>",
+}
+LLAVA_IMAGE_TOKENS = {"image_token": "<image>"}
+
+_CORPUS_WORDS = (
+    "the a an is are what which dish food photo image picture shows this that answer question "
+    "user assistant system USER ASSISTANT A chat between curious human and artificial intelligence "
+    "gives helpful detailed polite answers to the human's questions you are red green blue yellow "
+    "purple orange white black round square triangle star striped dotted plain dumplings noodles "
+    "sushi pizza salad soup curry taco cake bread rice burger option options choose letter B C D "
+    "describe briefly caption one word yes no left right top bottom number count"
+).split()
+
+
+def _corpus() -> list[str]:
+    lines = []
+    for i, word in enumerate(_CORPUS_WORDS):
+        nxt = _CORPUS_WORDS[(i * 7 + 3) % len(_CORPUS_WORDS)]
+        lines.append(f"{word} {nxt}. {word.capitalize()}: {nxt}?\n(A) {word} {i}\n")
+    lines.append("0123456789 .,:;!?()[]{}<>-_/\\'\"\n\t")
+    return lines * 4
+
+
+def build_tiny_tokenizer(out_dir: str | Path, *, family: str = "internvl", chat_style: str = "chatml",
+                         vocab_size: int = 512):
+    """Write a tokenizer to ``out_dir`` and return it as a ``PreTrainedTokenizerFast``.
+
+    family: "internvl" adds <img>, </img>, <IMG_CONTEXT>, <video> as named extra special tokens;
+            "llava" adds <image>; "text" adds none (a bare LLM's tokenizer).
+    chat_style: "chatml" (eos <|im_end|>, pad <|endoftext|>) or "llama" (bos <s>, eos </s>, unk <unk>).
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    image_tokens = {"internvl": INTERNVL_IMAGE_TOKENS, "llava": LLAVA_IMAGE_TOKENS, "text": {}}[family]
+    specials = CHAT_SPECIALS + list(image_tokens.values())
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+
+    if chat_style == "chatml":
+        roles = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None)
+    elif chat_style == "llama":
+        roles = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>")
+    else:
+        raise ValueError(f"chat_style must be 'chatml' or 'llama', got {chat_style!r}")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        extra_special_tokens=dict(image_tokens),
+        model_max_length=4096,
+        **{k: v for k, v in roles.items() if v is not None},
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out_dir)
+    return fast
