@@ -47,10 +47,12 @@ def load_tokenizer(path: str | Path):
         raise CheckpointError(f"{path}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
 
 
-def build_vlm(spec: ModelSpec, *, quantize: bool = True) -> tuple[VisionLanguageModel, object]:
+def build_vlm(spec: ModelSpec, *, quantize: bool = True, tokenizer_dir: str | Path | None = None,
+              ) -> tuple[VisionLanguageModel, object]:
     """Load the model a spec describes, with its tokenizer. LoRA is applied later (vlft.model.adapters).
 
     quantize=False loads the LLM in full precision even if the spec asks for QLoRA (merging needs that).
+    tokenizer_dir: a checkpoint's saved tokenizer, which already holds any tokens training added.
     """
     quant = quantization_config(spec.llm.quantization) if quantize else None
     kwargs = dict(dtype=torch_dtype(spec.dtype), attn_implementation=spec.attn_implementation,
@@ -63,7 +65,7 @@ def build_vlm(spec: ModelSpec, *, quantize: bool = True) -> tuple[VisionLanguage
             return _from_internvl_chat_dir(spec.path, spec, kwargs)
         raise CheckpointError(f"model.path={spec.path}: a {layout.value} directory is not a whole VLM; "
                               "use model.vision.path and model.llm.path to compose from parts")
-    return _from_parts(spec, kwargs)
+    return _from_parts(spec, kwargs, tokenizer_dir)
 
 
 def _official_class(layout: Layout):
@@ -130,7 +132,7 @@ def _decompose(official, spec: ModelSpec) -> VisionLanguageModel:
     return model
 
 
-def _from_parts(spec: ModelSpec, kwargs):
+def _from_parts(spec: ModelSpec, kwargs, tokenizer_dir=None):
     """Stage-1 recipe: a vision encoder directory + an LLM directory + a fresh connector."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
@@ -142,7 +144,7 @@ def _from_parts(spec: ModelSpec, kwargs):
     dtype = kwargs["dtype"]
     vision = AutoModel.from_pretrained(spec.vision.path, dtype=dtype, attn_implementation=kwargs["attn_implementation"])
     llm = AutoModelForCausalLM.from_pretrained(spec.llm.path, **kwargs)
-    tokenizer = load_tokenizer(spec.llm.path)
+    tokenizer = load_tokenizer(tokenizer_dir or spec.llm.path)
     if spec.family == "internvl":
         missing = [t for t in INTERNVL_NEW_TOKENS if t not in tokenizer.get_vocab()]
         image_token = INTERNVL_IMAGE_TOKEN
@@ -151,14 +153,24 @@ def _from_parts(spec: ModelSpec, kwargs):
         image_token = LLAVA_IMAGE_TOKEN
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing})
-        llm.resize_token_embeddings(len(tokenizer))
+    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        # New rows are random; a checkpoint saves them (see trained_state.resized_embedding_names).
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     vcfg = AutoConfig.from_pretrained(spec.vision.path)
     projector = _connector_like(vcfg.hidden_size, llm.config.hidden_size, spec.connector.downsample_ratio,
                                 dtype=dtype)
     info = VLMInfo(family=spec.family, image_token_id=tokenizer.convert_tokens_to_ids(image_token),
                    select_layer=_default_select_layer(spec), downsample_ratio=spec.connector.downsample_ratio,
                    tile_size=_first(vcfg.image_size), patch_size=_first(vcfg.patch_size))
-    return VisionLanguageModel(vision, projector, llm, info), tokenizer
+    model = VisionLanguageModel(vision, projector, llm, info)
+    model.resized_vocab = bool(missing) or tokenizer_dir is not None and len(tokenizer) > _base_vocab(spec.llm.path)
+    return model, tokenizer
+
+
+def _base_vocab(llm_path) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(llm_path).vocab_size
 
 
 def _connector_like(vision_hidden, text_hidden, ratio, dtype) -> Connector:
