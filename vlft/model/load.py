@@ -29,7 +29,8 @@ def quantization_config(quant: QuantSpec | None):
         return None
     from transformers import BitsAndBytesConfig
 
-    keep = ["vision_tower", "multi_modal_projector", "lm_head"]
+    # transformers matches these as regexes from the start of the module name (or as suffixes)
+    keep = [".*vision_tower", ".*multi_modal_projector", "lm_head"]
     if quant.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,

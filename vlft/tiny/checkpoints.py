@@ -28,7 +28,7 @@ def _vision_internvl(sizes: TinySizes) -> dict:
     return dict(model_type="internvl_vision", hidden_size=sizes.vision_hidden, num_hidden_layers=sizes.vision_layers,
                 num_attention_heads=sizes.vision_heads, intermediate_size=sizes.vision_hidden * 4,
                 image_size=sizes.tile_size, patch_size=14, attention_bias=True, norm_type="layer_norm",
-                use_mean_pooling=False)
+                use_mean_pooling=True)  # as the real -hf checkpoints: no final vision norm
 
 
 def _vision_clip(sizes: TinySizes) -> dict:

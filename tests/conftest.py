@@ -1,0 +1,28 @@
+"""Shared fixtures: offline hub, tiny checkpoints written once per session."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """Tiny checkpoints of every input layout, made once: {name: path}."""
+    from vlft.tiny.checkpoints import (make_tiny_internvl_chat, make_tiny_internvl_hf, make_tiny_llava_hf,
+                                       make_tiny_parts)
+
+    root = tmp_path_factory.mktemp("tiny")
+    paths = {
+        "internvl_hf": make_tiny_internvl_hf(root / "internvl_hf"),
+        "internvl_hf_llama": make_tiny_internvl_hf(root / "internvl_hf_llama", llm="llama"),
+        "llava_hf": make_tiny_llava_hf(root / "llava_hf"),
+        "internvl_chat_internlm2": make_tiny_internvl_chat(root / "internvl_chat_internlm2", llm="internlm2"),
+        "internvl_chat_qwen2": make_tiny_internvl_chat(root / "internvl_chat_qwen2", llm="qwen2"),
+    }
+    paths["internvl_vision"], paths["internvl_llm"] = make_tiny_parts(root / "internvl_parts", family="internvl")
+    paths["llava_vision"], paths["llava_llm"] = make_tiny_parts(root / "llava_parts", family="llava")
+    return paths
