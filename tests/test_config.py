@@ -81,3 +81,26 @@ def test_copy_config_makes_base_paths_absolute(tmp_path):
         copy_shipped_config("internvl2_5_1b_lora", dest)
     with pytest.raises(ConfigError, match="did you mean 'internvl2_5_1b_lora'"):
         copy_shipped_config("internvl25_1b_lora", tmp_path / "x.py")
+
+
+@pytest.mark.parametrize("name", sorted(shipped_configs()))
+def test_every_shipped_config_builds_against_a_tiny_checkpoint(name, tiny_dir):
+    """Each shipped config, pointed at a tiny checkpoint of its family, builds and wraps its model."""
+    from vlft.model.adapters import apply_training_policy
+    from vlft.model.load import build_vlm
+    from vlft.model.report import trainable_report
+
+    raw = load_config(shipped_configs()[name])
+    family = raw.model.family
+    if raw.model.path is None:
+        overrides = [f"model.vision.path={tiny_dir[family + '_vision']}", f"model.llm.path={tiny_dir[family + '_llm']}"]
+    else:
+        path = {"internvl": tiny_dir["internvl_chat_internlm2" if "internvl2_2b" in name else "internvl_hf"],
+                "llava": tiny_dir["llava_hf"]}[family]
+        overrides = [f"model.path={path}"]
+    spec = load_config(shipped_configs()[name], overrides)
+    model, tokenizer = build_vlm(spec.model)
+    apply_training_policy(model, spec.model)
+    modes = {r.part: r.mode for r in trainable_report(model)}
+    assert modes["multi_modal_projector"] == ("full" if spec.model.connector.train else "frozen")
+    assert modes["language_model"] == spec.model.llm.train
