@@ -131,7 +131,7 @@ def _join(where: str, key: str) -> str:
 
 
 def _suggest(key: str, candidates) -> str:
-    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.4)
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(candidates)}"
 
 
