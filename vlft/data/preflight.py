@@ -1,0 +1,384 @@
+"""`vlft check-data`: read every sample of a config's datasets, report all problems, tiles and token budgets.
+
+Read-only: nothing is written and no model weights are loaded (the tokenizer and `VLMInfo` come from the
+model directory's config.json and tokenizer files, see `vlft.model.facts`). Every image is decoded in full,
+so a truncated file fails here rather than hours into training. Every problem is one ``file:sample-id: ...``
+line, and all of them are collected in one run.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from vlft.data.record import IMAGE_PLACEHOLDER, Sample
+from vlft.errors import ConfigError, DataError
+
+#: Problem kinds in report order. "too long" is a warning when data.on_bad_sample="skip", the rest are errors.
+MALFORMED = "malformed record"
+MISSING_IMAGE = "missing image"
+UNREADABLE_IMAGE = "unreadable image"
+IMAGE_COUNT = "image count mismatch"
+NO_ASSISTANT = "no assistant turn"
+BAD_SAMPLE = "bad sample"
+TOO_LONG = "too long"
+NO_SAMPLES = "no usable samples"
+KINDS = (MALFORMED, MISSING_IMAGE, UNREADABLE_IMAGE, IMAGE_COUNT, NO_ASSISTANT, BAD_SAMPLE, TOO_LONG, NO_SAMPLES)
+
+#: Lines printed per problem kind; the result keeps them all.
+MAX_LINES_PER_KIND = 50
+# The reader's message for a row whose placeholders and image paths disagree (vlft.data.formats._parse_row).
+_READ_MISMATCH = re.compile(r"'<image>' placeholder\(s\).* but \d+ path\(s\) in '")
+_DECODE_CHUNK = 1024  # images in flight at once: bounds the futures held, not the threads
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Nearest-rank percentiles of per-sample token counts (all zero when there are no samples)."""
+
+    p50: int = 0
+    p90: int = 0
+    p99: int = 0
+    max: int = 0
+
+    @classmethod
+    def of(cls, values: Sequence[int]) -> Percentiles:
+        """Nearest rank: p-th percentile = the ceil(p% * n)-th smallest value.
+
+        >>> Percentiles.of(list(range(1, 101)))
+        Percentiles(p50=50, p90=90, p99=99, max=100)
+        """
+        if not values:
+            return cls()
+        ordered = sorted(values)
+
+        def rank(p: float) -> int:
+            return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+        return cls(p50=rank(50), p90=rank(90), p99=rank(99), max=ordered[-1])
+
+
+@dataclass
+class PreflightReport:
+    """What `vlft check-data` found; `format_report` prints it, tests read the numbers."""
+
+    config: str
+    max_length: int
+    micro_batch_size: int
+    on_bad_sample: str                   # "skip": too-long samples are a warning; "error": an error
+    packing: bool                        # what the config trains with
+    model: str = ""                      # one line: family, tile size, tokens per tile, template
+    samples_per_dataset: dict[str, int] = field(default_factory=dict)   # rows read (before repeats)
+    samples_per_epoch: dict[str, int] = field(default_factory=dict)     # with repeats: what one epoch sees
+    images_checked: int = 0              # distinct image files decoded
+    encoded: int = 0                     # distinct samples tokenized (the token percentiles are over these)
+    usable: int = 0                      # distinct samples training would keep
+    problems: dict[str, list[str]] = field(default_factory=dict)        # kind -> "file:id: problem" lines
+    tile_histogram: dict[int, int] = field(default_factory=dict)        # tiles per image -> images
+    image_tokens: Percentiles = field(default_factory=Percentiles)
+    text_tokens: Percentiles = field(default_factory=Percentiles)
+    total_tokens: Percentiles = field(default_factory=Percentiles)
+    padding_efficiency: float = 1.0      # real / computed tokens, one sample per row
+    packing_efficiency: float = 1.0      # real / computed tokens, samples packed up to max_length per row
+    padding_batches: int = 0             # micro batches per epoch
+    packing_batches: int = 0
+
+    @property
+    def error_kinds(self) -> list[str]:
+        return [k for k in KINDS if self.problems.get(k) and (k != TOO_LONG or self.on_bad_sample == "error")]
+
+    @property
+    def warning_kinds(self) -> list[str]:
+        return [TOO_LONG] if self.problems.get(TOO_LONG) and self.on_bad_sample == "skip" else []
+
+    @property
+    def exit_code(self) -> int:
+        """0 when training would see no error (too-long samples under "skip" are only a warning), else 1."""
+        return 1 if self.error_kinds else 0
+
+
+def check_data_from_config(config: str | os.PathLike, cfg_options: Sequence[str] = (), *,
+                           workers: int | None = None) -> int:
+    """Load a config, check its data, print the report; returns the exit code (0 clean, 1 problems)."""
+    from vlft.config import load_config
+
+    spec = load_config(config, cfg_options)
+    report = check_data(spec, config=str(config), workers=workers,
+                        log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_report(report))
+    return report.exit_code
+
+
+def check_data(spec, *, config: str = "", tokenizer=None, info=None, workers: int | None = None,
+               log: Callable[[str], None] | None = None) -> PreflightReport:
+    """Read every sample of `spec.data.datasets` and collect all problems, tile counts and token budgets.
+
+    Args:
+        spec: the ExperimentSpec (as `vlft.config.load_config` returns it).
+        config: the config's path, for the report's header.
+        tokenizer, info: the model's tokenizer and VLMInfo; by default read from the model directory's
+            config.json and tokenizer files without loading weights (`vlft.model.facts.model_facts`).
+        workers: threads decoding images (PIL releases the GIL while decoding); default min(8, CPUs).
+        log: called with a progress line before the long part (decoding).
+
+    Raises:
+        DataError: a dataset file is missing or cannot be read at all.
+        ConfigError: data.datasets is empty, or the data settings do not fit the model.
+        CheckpointError: the model directory is missing or not a model.
+    """
+    from vlft.data.dataset import pipeline_from_spec
+    from vlft.data.formats import DatasetSource
+
+    data = spec.data
+    sources = [DatasetSource(path=d.path, format=d.format, image_root=d.image_root, repeat=d.repeat,
+                             max_tiles=d.max_tiles, name=d.name) for d in data.datasets]
+    if not sources:
+        raise ConfigError("data.datasets is empty: add at least one dict(path=...)")
+    missing = [s.path for s in sources if not Path(s.path).exists()]
+    if missing:
+        raise DataError(f"{', '.join(missing)}: dataset file not found (data.datasets[].path)")
+    if tokenizer is None or info is None:
+        from vlft.model.facts import model_facts
+
+        info, tokenizer = model_facts(spec.model)
+    pipeline = pipeline_from_spec(spec, tokenizer, info)
+
+    report = PreflightReport(config=config, max_length=data.max_length,
+                             micro_batch_size=spec.schedule.micro_batch_size,
+                             on_bad_sample=data.on_bad_sample, packing=data.packing,
+                             model=(f"{info.family}, {info.tile_size} px tiles, {info.tokens_per_tile} tokens per "
+                                    f"tile, template {data.template}, tiling {data.tiling.mode} "
+                                    f"(max {data.tiling.max_tiles} tiles)"))
+    problems: dict[str, list[str]] = {kind: [] for kind in KINDS}
+
+    distinct, epoch, read_problems, empty = _read(sources, seed=spec.schedule.seed)
+    for line in read_problems:
+        problems[IMAGE_COUNT if _READ_MISMATCH.search(line) else MALFORMED].append(line)
+    report.samples_per_dataset = {**Counter(s.dataset for s in distinct), **dict.fromkeys(empty, 0)}
+    report.samples_per_epoch = dict(Counter(s.dataset for s in epoch))
+
+    # Decode every distinct image once, in threads.
+    paths = list(dict.fromkeys(p for s in distinct for p in s.images))
+    workers = workers or min(8, os.cpu_count() or 1)
+    if log is not None:
+        log(f"check-data: {len(distinct)} samples, decoding {len(paths)} images with {workers} threads ...")
+    image_problems = _decode_all(paths, workers)
+    report.images_checked = len(paths)
+
+    # Check and encode every distinct sample.
+    lengths: dict[Sample, int] = {}  # by value: a second read (fractional repeats) gives equal, new objects
+    image_counts, text_counts, total_counts = [], [], []
+    tiles: Counter = Counter()
+    for sample in distinct:
+        found = _sample_problems(sample, image_problems)
+        if found:
+            for kind, line in found:
+                problems[kind].append(line)
+            continue
+        try:
+            counts, encoded = _encode(sample, pipeline)
+        except _Problem as problem:
+            problems[problem.kind].append(problem.line)
+            continue
+        total = len(encoded.input_ids)
+        image_counts.append(encoded.num_image_tokens)
+        text_counts.append(total - encoded.num_image_tokens)
+        total_counts.append(total)
+        tiles.update(counts)
+        if total > data.max_length:
+            action = "an error" if data.on_bad_sample == "error" else "dropped"
+            problems[TOO_LONG].append(f"{sample.where}: {total} tokens > data.max_length={data.max_length} "
+                                      f"({encoded.num_image_tokens} image tokens; {action}, "
+                                      f"data.on_bad_sample={data.on_bad_sample!r})")
+            continue
+        lengths[sample] = total
+
+    report.encoded, report.usable = len(total_counts), len(lengths)
+    if not lengths:
+        problems[NO_SAMPLES].append(f"{config or 'data.datasets'}: none of the {len(distinct)} samples read is "
+                                    "usable, so training would stop at once")
+    report.problems = {kind: lines for kind, lines in problems.items() if lines}
+    report.tile_histogram = dict(sorted(tiles.items()))
+    report.image_tokens = Percentiles.of(image_counts)
+    report.text_tokens = Percentiles.of(text_counts)
+    report.total_tokens = Percentiles.of(total_counts)
+    _plan_efficiency(report, [s for s in epoch if s in lengths], lengths, spec)
+    return report
+
+
+def _read(sources, *, seed: int) -> tuple[list[Sample], list[Sample], list[str], list[str]]:
+    """(every distinct row, what one epoch sees with repeats applied, malformed-row lines, empty datasets).
+
+    Each source is read with repeat 1, so rows a fractional repeat leaves out are checked too; repeats
+    are the same Sample objects (an InternVL meta's repeat_time repeats them inside one read), so each
+    row is checked once. A source with a repeat is read a second time for the epoch's composition.
+    """
+    from vlft.data.formats import ReadReport, read_samples
+
+    report = ReadReport()
+    rows: list[Sample] = []
+    epoch: list[Sample] = []
+    empty: list[str] = []
+    for source in sources:
+        part = read_samples(replace(source, repeat=1.0), seed=seed, report=report)
+        if not part:
+            empty.append(source.name or Path(source.path).stem)
+        rows.extend(part)
+        epoch.extend(part if source.repeat == 1.0 else read_samples(source, seed=seed, report=ReadReport()))
+    distinct = list({id(s): s for s in rows}.values())
+    return distinct, epoch, report.problems, empty
+
+def _decode_all(paths: list[str], workers: int) -> dict[str, tuple[str, str]]:
+    """{path: (kind, message)} for every image that is missing or does not decode; good images are absent."""
+    bad: dict[str, tuple[str, str]] = {}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlft-check-data") as pool:
+        for start in range(0, len(paths), _DECODE_CHUNK):
+            chunk = paths[start:start + _DECODE_CHUNK]
+            for path, problem in zip(chunk, pool.map(_decode_one, chunk)):
+                if problem is not None:
+                    bad[path] = problem
+    return bad
+
+
+def _decode_one(path: str) -> tuple[str, str] | None:
+    from vlft.data.tiling import ImageError, load_image
+
+    if not os.path.exists(path):
+        return MISSING_IMAGE, f"image not found: {path}"
+    try:
+        load_image(path).close()  # a full decode, then the pixels are dropped
+    except ImageError as exc:
+        return UNREADABLE_IMAGE, str(exc)
+    return None
+
+
+def _sample_problems(sample: Sample, image_problems: dict[str, tuple[str, str]]) -> list[tuple[str, str]]:
+    """(kind, line) for each image and structure problem of one sample (all of them, not the first)."""
+    found = [(kind, f"{sample.where}: {message}") for kind, message in
+             (image_problems[p] for p in sample.images if p in image_problems)]
+    placeholders = sum(turn.text.count(IMAGE_PLACEHOLDER) for turn in sample.turns)
+    if placeholders != len(sample.images):
+        found.append((IMAGE_COUNT, f"{sample.where}: {placeholders} '{IMAGE_PLACEHOLDER}' placeholder(s) but "
+                                   f"{len(sample.images)} image(s)"))
+    if not any(turn.role == "assistant" for turn in sample.turns):
+        found.append((NO_ASSISTANT, f"{sample.where}: no assistant turn, so nothing to train on"))
+    return found
+
+
+class _Problem(Exception):
+    """A sample that cannot be encoded: its kind and its report line."""
+
+    def __init__(self, kind: str, line: str):
+        super().__init__(line)
+        self.kind, self.line = kind, line
+
+
+def _encode(sample: Sample, pipeline):
+    """(tile counts per image, EncodedSample); raises _Problem when the sample cannot be encoded."""
+    from vlft.data.encode import SampleError
+    from vlft.data.tiling import ImageError
+
+    try:
+        counts = pipeline.tile_counts(sample)
+    except ImageError as exc:
+        raise _Problem(UNREADABLE_IMAGE, f"{sample.where}: {exc}") from None
+    try:
+        return counts, pipeline.encode(sample, counts)
+    except SampleError as exc:
+        raise _Problem(BAD_SAMPLE, str(exc)) from None
+    except ValueError as exc:  # the tokenizer lacks a token the template or images need: every sample fails
+        raise DataError(f"{sample.where}: {exc}") from None
+
+
+def _plan_efficiency(report: PreflightReport, kept_epoch: list[Sample], lengths: dict[Sample, int], spec) -> None:
+    """Token efficiency of one epoch's batches, padded and packed, for the configured micro batch size."""
+    from vlft.data.collate import token_efficiency
+    from vlft.data.sampler import plan_batches
+
+    epoch_lengths = [lengths[s] for s in kept_epoch]
+    has_image = [bool(s.images) for s in kept_epoch]
+    if not epoch_lengths:
+        return
+    common = dict(batch_size=spec.schedule.micro_batch_size, seed=spec.schedule.seed, epoch=0,
+                  group_by_length=spec.data.group_by_length, max_length=spec.data.max_length)
+    padded = plan_batches(epoch_lengths, has_image, packing=False, **common)
+    packed = plan_batches(epoch_lengths, has_image, packing=True, **common)
+    report.padding_efficiency = token_efficiency(epoch_lengths, padded, packed=False)
+    report.packing_efficiency = token_efficiency(epoch_lengths, packed, packed=True)
+    report.padding_batches, report.packing_batches = len(padded), len(packed)
+
+
+# ------------------------------------------------------------------------------------------------- printing
+
+def format_report(report: PreflightReport, *, max_lines: int = MAX_LINES_PER_KIND) -> str:
+    """The report as text: datasets, problems (at most `max_lines` per kind), tiles, tokens, batching, verdict."""
+    out = [f"check-data {report.config}".rstrip(), f"model: {report.model}", "", "datasets:"]
+    width = max((len(name) for name in report.samples_per_dataset), default=0)
+    for name, rows in report.samples_per_dataset.items():
+        per_epoch = report.samples_per_epoch.get(name, 0)
+        repeat = f"  ({per_epoch:,} per epoch with repeats)" if per_epoch != rows else ""
+        out.append(f"  {name:<{width}}  {rows:>7,} {'sample' if rows == 1 else 'samples'}{repeat}")
+    malformed = len(report.problems.get(MALFORMED, [])) + sum(
+        1 for line in report.problems.get(IMAGE_COUNT, []) if _READ_MISMATCH.search(line))
+    skipped = f", {_plural(malformed, 'malformed row')} skipped" if malformed else ""
+    out.append(f"  total: {_plural(sum(report.samples_per_dataset.values()), 'sample')} read{skipped}; "
+               f"{_plural(report.images_checked, 'image file')} decoded; {_plural(report.usable, 'sample')} usable")
+
+    out += ["", "problems:" if report.problems else "problems: none"]
+    for kind in KINDS:
+        lines = report.problems.get(kind, [])
+        if not lines:
+            continue
+        severity = "warning" if kind in report.warning_kinds else "error"
+        out.append(f"  {kind} ({len(lines):,}, {severity}):")
+        out += [f"    {line}" for line in lines[:max_lines]]
+        if len(lines) > max_lines:
+            out.append(f"    ... and {len(lines) - max_lines:,} more")
+
+    out += ["", "tiles per image:"]
+    if report.tile_histogram:
+        most = max(report.tile_histogram.values())
+        for tiles, n in report.tile_histogram.items():
+            bar = "#" * max(1, round(30 * n / most))
+            out.append(f"  {tiles:>3}  {bar:<30} {n:,}")
+    else:
+        out.append("  (no images)")
+
+    out += ["", f"tokens per sample, {_plural(report.encoded, 'encoded sample')} "
+                f"(data.max_length={report.max_length:,}):",
+            f"  {'':<6} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}"]
+    for label, p in (("image", report.image_tokens), ("text", report.text_tokens), ("total", report.total_tokens)):
+        out.append(f"  {label:<6} {p.p50:>8,} {p.p90:>8,} {p.p99:>8,} {p.max:>8,}")
+    too_long = len(report.problems.get(TOO_LONG, []))
+    if too_long:
+        fate = "an error (data.on_bad_sample='error')" if report.on_bad_sample == "error" else "dropped"
+        out.append(f"  {_plural(too_long, 'sample')} longer than data.max_length: {fate}")
+
+    out += ["", f"batching (schedule.micro_batch_size={report.micro_batch_size}):"]
+    for name, eff, batches, chosen in (("padding", report.padding_efficiency, report.padding_batches,
+                                        not report.packing),
+                                       ("packing", report.packing_efficiency, report.packing_batches, report.packing)):
+        mark = "  <- configured (data.packing)" if chosen else ""
+        out.append(f"  {name}  {eff:6.1%} of computed tokens are real, "
+                   f"{_plural(batches, 'micro batch', 'micro batches')} per epoch{mark}")
+
+    out.append("")
+    errors = sum(len(report.problems[k]) for k in report.error_kinds)
+    warnings = sum(len(report.problems[k]) for k in report.warning_kinds)
+    if report.exit_code:
+        kinds = ", ".join(f"{len(report.problems[k]):,} {k}" for k in report.error_kinds)
+        out.append(f"FAILED: {_plural(errors, 'error')} ({kinds})" + (f", {_plural(warnings, 'warning')}"
+                                                                        if warnings else ""))
+    else:
+        out.append("OK" + (f" with {_plural(warnings, 'warning')} ({TOO_LONG}, dropped)" if warnings else ""))
+    return "\n".join(out)
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else plural or word + 's'}"

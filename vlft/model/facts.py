@@ -1,0 +1,112 @@
+"""What a model directory says about itself (tile size, tokens per tile, image token) without its weights.
+
+`vlft check-data` needs the tokenizer and the `VLMInfo` that `build_vlm` would give, but must not load a 7B
+model to get them: config.json and the tokenizer files hold all of it. Every value here is derived the way
+`vlft.model.load` derives it, so the pre-flight numbers are the numbers training will see.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlft.errors import CheckpointError
+from vlft.model.layouts import Layout, detect_layout
+from vlft.model.load import (INTERNVL_IMAGE_TOKEN, INTERNVL_NEW_TOKENS, LLAVA_IMAGE_TOKEN, load_tokenizer)
+from vlft.model.vlm import VLMInfo
+from vlft.specs import ModelSpec
+
+
+def model_facts(spec: ModelSpec) -> tuple[VLMInfo, object]:
+    """The `VLMInfo` and tokenizer of the model a spec describes, from config.json + tokenizer files only.
+
+    Layouts as `build_vlm`: transformers-native InternVL / LLaVA, original InternVL-chat, or parts (a
+    vision-encoder directory + an LLM directory, whose tokenizer gets the missing image tokens added in
+    memory, as `build_vlm` adds them).
+
+    Raises:
+        CheckpointError: a directory that is missing or is not the layout it should be.
+    """
+    if spec.path is None:
+        info, tokenizer = _parts_facts(spec)
+    else:
+        layout = detect_layout(spec.path)
+        if layout in (Layout.HF_INTERNVL, Layout.HF_LLAVA):
+            info, tokenizer = _official_facts(spec.path, layout)
+        elif layout is Layout.INTERNVL_CHAT:
+            info, tokenizer = _internvl_chat_facts(spec.path)
+        else:
+            raise CheckpointError(f"model.path={spec.path}: a {layout.value} directory is not a whole VLM; "
+                                  "use model.vision.path and model.llm.path to compose from parts")
+    if spec.vision.select_layer is not None:
+        info = VLMInfo(**{**info.__dict__, "select_layer": spec.vision.select_layer})
+    return info, tokenizer
+
+
+def _official_facts(path, layout: Layout) -> tuple[VLMInfo, object]:
+    """transformers-native "-hf" directories: AutoConfig fills the fields save_pretrained leaves out as defaults."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path))
+    internvl = layout is Layout.HF_INTERNVL
+    layer = getattr(config, "vision_feature_layer", -1)
+    if isinstance(layer, (list, tuple)):
+        raise CheckpointError(f"{path}: vision_feature_layer={layer}: several feature layers are not supported")
+    info = VLMInfo(
+        family="internvl" if internvl else "llava",
+        image_token_id=int(config.image_token_id if internvl else config.image_token_index),
+        select_layer=int(layer),
+        downsample_ratio=float(getattr(config, "downsample_ratio", 1.0)) if internvl else 1.0,
+        tile_size=_first(config.vision_config.image_size),
+        patch_size=_first(config.vision_config.patch_size),
+    )
+    return info, load_tokenizer(path)
+
+
+def _internvl_chat_facts(path) -> tuple[VLMInfo, object]:
+    """Original InternVL-chat: `force_image_size` (else the vision image size), patch size, downsample ratio."""
+    from vlft.model.internvl_chat_layout import chat_config_to_native
+
+    tokenizer = load_tokenizer(path)
+    chat_config = json.loads((Path(path) / "config.json").read_text())
+    image_token_id = tokenizer.convert_tokens_to_ids(INTERNVL_IMAGE_TOKEN)
+    # The same translation build_vlm loads through, so an unsupported config fails here the same way.
+    native = chat_config_to_native(chat_config, image_token_id=image_token_id)
+    vision = native["vision_config"]
+    info = VLMInfo(family="internvl", image_token_id=int(image_token_id),
+                   select_layer=int(native["vision_feature_layer"]),
+                   downsample_ratio=float(native["downsample_ratio"]),
+                   # InternVLChatModel sizes its input by force_image_size when it is set.
+                   tile_size=int(chat_config.get("force_image_size") or _first(vision["image_size"])),
+                   patch_size=_first(vision["patch_size"]))
+    return info, tokenizer
+
+
+def _parts_facts(spec: ModelSpec) -> tuple[VLMInfo, object]:
+    """Stage 1 from parts: the vision directory's config and the LLM directory's tokenizer (+ image tokens)."""
+    from transformers import AutoConfig
+
+    for key, path, expected in (("model.vision.path", spec.vision.path, Layout.VISION),
+                                ("model.llm.path", spec.llm.path, Layout.LLM)):
+        layout = detect_layout(path)
+        if layout is not expected:
+            raise CheckpointError(f"{key}={path}: expected a {expected.value} directory, found {layout.value}")
+    tokenizer = load_tokenizer(spec.llm.path)
+    if spec.family == "internvl":
+        new_tokens, image_token = INTERNVL_NEW_TOKENS, INTERNVL_IMAGE_TOKEN
+    else:
+        new_tokens, image_token = (LLAVA_IMAGE_TOKEN,), LLAVA_IMAGE_TOKEN
+    missing = [t for t in new_tokens if t not in tokenizer.get_vocab()]
+    if missing:  # in memory only: check-data writes nothing
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    vision = AutoConfig.from_pretrained(spec.vision.path)
+    select_layer = spec.vision.select_layer
+    if select_layer is None:
+        select_layer = -1 if spec.family == "internvl" else -2
+    info = VLMInfo(family=spec.family, image_token_id=int(tokenizer.convert_tokens_to_ids(image_token)),
+                   select_layer=select_layer, downsample_ratio=float(spec.connector.downsample_ratio),
+                   tile_size=_first(vision.image_size), patch_size=_first(vision.patch_size))
+    return info, tokenizer
+
+
+def _first(value) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
