@@ -26,8 +26,11 @@ def plan_batches(lengths: list[int], has_image: list[bool], *, batch_size: int, 
         order = grouped
     if packing:
         rows = pack_rows(lengths, order, max_length)
-        rng.shuffle(rows)
-        return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        # rows of a batch are padded to the longest: batch rows of similar fill together
+        rows.sort(key=lambda row: sum(lengths[i] for i in row), reverse=True)
+        batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        rng.shuffle(batches)
+        return batches
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
