@@ -14,6 +14,10 @@ Example:
 """
 
 
+TEMPLATE_HELP = ("Chat template name (internvl2_5, internlm2-chat, chatml, vicuna_v1, llama3, plain) to use instead "
+                 "of the model's own; a directory without vlft metadata otherwise gets its family's default.")
+
+
 def user_errors(fn):
     """Turn vlft's own errors into one line on stderr and exit code 2 (tracebacks are for bugs)."""
 
@@ -37,9 +41,22 @@ def _is_user_error(exc: BaseException) -> bool:
         isinstance(exc, (ValueError, KeyError, OSError)) and type(exc).__module__.startswith("vlft"))
 
 
+CFG_OPTIONS_HELP = ("Override config keys: --cfg-options schedule.lr=1e-4 data.max_length=2048 "
+                    "(several KEY=VALUE words after one flag, as in XTuner)")
+
+
+def _cfg_options(flagged: tuple[str, ...], trailing: tuple[str, ...]) -> tuple[str, ...]:
+    """click gives the first word after --cfg-options to the option and the rest as extra arguments."""
+    stray = [word for word in trailing if "=" not in word]
+    if stray:
+        raise click.UsageError(f"unexpected argument {stray[0]!r}; overrides are KEY=VALUE after --cfg-options")
+    if trailing and not flagged:
+        raise click.UsageError(f"{trailing[0]!r}: put overrides after --cfg-options")
+    return tuple(flagged) + tuple(trailing)
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("DS_BUILD_SHM_ALL_REDUCE", "0")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -59,16 +76,17 @@ def main():
 
 @main.command(epilog=EPILOG_TRAIN)
 @click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1, metavar="")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Where checkpoints and logs go.")
 @click.option("--deepspeed", "deepspeed", default=None,
               help="zero2 (default from the config), zero3, none, or a DeepSpeed JSON file.")
-@click.option("--cfg-options", multiple=True, metavar="KEY=VALUE",
-              help="Override config keys, e.g. --cfg-options schedule.lr=1e-4 data.max_length=2048")
+@click.option("--cfg-options", multiple=True, metavar="KEY=VALUE", help=CFG_OPTIONS_HELP)
 @click.option("--resume", "resume", is_flag=False, flag_value="auto", default=None,
               help="Continue from the latest checkpoint in the work dir (auto) or from a checkpoint DIR.")
 @user_errors
-def train(config, work_dir, deepspeed, cfg_options, resume):
+def train(config, overrides, work_dir, deepspeed, cfg_options, resume):
     """Fine-tune the model a CONFIG describes on its datasets."""
+    cfg_options = _cfg_options(cfg_options, overrides)
     _quiet_libraries()
     from vlft.engine.train import train_from_config
 
@@ -77,15 +95,17 @@ def train(config, work_dir, deepspeed, cfg_options, resume):
 
 @main.command("check-data")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--cfg-options", multiple=True, metavar="KEY=VALUE", help="Override config keys.")
+@click.argument("overrides", nargs=-1, metavar="")
+@click.option("--cfg-options", multiple=True, metavar="KEY=VALUE", help=CFG_OPTIONS_HELP)
 @user_errors
-def check_data(config, cfg_options):
+def check_data(config, overrides, cfg_options):
     """Read every sample of CONFIG's datasets and report problems, tiles and token budgets (read-only).
 
     \b
     Example:
       vlft check-data configs/internvl2_5_1b_lora.py
     """
+    cfg_options = _cfg_options(cfg_options, overrides)
     _quiet_libraries()
     from vlft.data.preflight import check_data_from_config
 
@@ -143,20 +163,22 @@ def convert(checkpoint, out, target, verify, dtype, max_shard_size, overwrite):
 @click.option("--max-new-tokens", default=256, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True, help="0 means greedy.")
 @click.option("--top-p", default=1.0, show_default=True)
+@click.option("--template", default=None, help=TEMPLATE_HELP)
 @user_errors
-def chat(model, image, prompt, max_new_tokens, temperature, top_p):
+def chat(model, image, prompt, max_new_tokens, temperature, top_p, template):
     """Talk to MODEL (merged, converted hf, or a training checkpoint) about an image.
 
     \b
     Example:
       vlft chat work/food/hf --image dish.jpg --prompt "Which dish is this?"
-    Interactive commands: /image PATH, /reset, /quit
+      vlft chat work/food/checkpoint-1000 --image dish.jpg      (interactive)
+    Interactive commands: /image PATH (the next question shows it), /reset, /quit
     """
     _quiet_libraries()
     from vlft.infer.chat import run_chat
 
     run_chat(model, image=image, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-             top_p=top_p)
+             top_p=top_p, template=template)
 
 
 @main.command("eval")
@@ -167,19 +189,28 @@ def chat(model, image, prompt, max_new_tokens, temperature, top_p):
 @click.option("--out", type=click.Path(dir_okay=False), help="JSONL of every prediction.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--max-new-tokens", default=16, show_default=True)
+@click.option("--template", default=None, help=TEMPLATE_HELP)
 @user_errors
-def evaluate(models, data, image_root, out, batch_size, max_new_tokens):
+def evaluate(models, data, image_root, out, batch_size, max_new_tokens, template):
     """Accuracy of one or more MODELS on a closed-set file (two models: a before/after table).
 
     \b
+    DATA rows (JSON list or JSONL), either shape:
+      LLaVA/ShareGPT conversation + image: the reference is "answer" or the last assistant turn
+      {"image": "a.jpg", "question": "Which dish?", "choices": ["noodles", "dumplings"],
+       "answer": "B" (or 1, or "dumplings"), "category": "main"}
+    "choices" makes a row multiple-choice: a reply "B", "(B)", "B. dumplings" or "dumplings" reads as B;
+    one naming no option is wrong and counted as unparseable.
+
+    \b
     Example:
-      vlft eval base/ work/food/hf --data food_test.json --image-root images/
+      vlft eval base/ work/food/hf --data food_test.json --image-root images/ --out preds.jsonl
     """
     _quiet_libraries()
     from vlft.infer.evaluate import run_eval
 
     run_eval(list(models), data, image_root=image_root, out=out, batch_size=batch_size,
-             max_new_tokens=max_new_tokens)
+             max_new_tokens=max_new_tokens, template=template)
 
 
 @main.command()

@@ -48,3 +48,18 @@ def test_bad_config_is_one_line(tmp_path):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines == [f"error: {cfg}: unknown key 'schedule.lrr'; did you mean 'lr'?"]
+
+
+def test_cfg_options_take_several_words_after_one_flag(tmp_path, monkeypatch):
+    seen = {}
+    import vlft.data.preflight as preflight
+
+    monkeypatch.setattr(preflight, "check_data_from_config", lambda config, cfg_options: seen.setdefault("o", cfg_options) and 0)
+    cfg = tmp_path / "c.py"
+    cfg.write_text("model = dict(family='internvl', path='/m')\n")
+    result = CliRunner().invoke(main, ["check-data", str(cfg), "--cfg-options", "schedule.lr=1", "data.packing=true",
+                                       "--cfg-options", "data.max_length=8"])
+    assert result.exit_code == 0, result.output
+    assert seen["o"] == ("schedule.lr=1", "data.max_length=8", "data.packing=true")
+    bad = CliRunner().invoke(main, ["check-data", str(cfg), "--cfg-options", "a=1", "stray"])
+    assert bad.exit_code == 2 and "stray" in bad.output
