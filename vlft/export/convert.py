@@ -1,0 +1,200 @@
+"""Write a training checkpoint (merged in memory) or a merged directory in an official format.
+
+- ``hf``: transformers-native ``InternVLForConditionalGeneration`` / ``LlavaForConditionalGeneration``
+  (what transformers, vLLM and LMDeploy load): vlft's native weights, config, generation config,
+  tokenizer with the image tokens named and the training chat template, and the processor files
+  derived from the training tiling.
+- ``internvl-chat``: the original ``InternVLChatModel`` layout (trust_remote_code) with the training
+  fields (template, tiling, pixel shuffle) from the run and the base's remote-code files.
+
+Both stream the weights into shards and write atomically (see vlft.export.staging). Verification runs
+on the staged directory before it is renamed into place, so a failed check leaves no OUT behind.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from vlft.errors import CheckpointError, ConfigError
+from vlft.export.hf_files import (INTERNVL_CHAT_TEMPLATE_NAMES, MODEL_RECORD, export_template, official_config,
+                                  read_model_record, training_tiling, write_generation_config, write_model_record,
+                                  write_processor_files, write_tokenizer)
+from vlft.export.merge import (MergedModel, native_items, export_state, load_for_export, model_record, release,
+                               write_native)
+from vlft.export.staging import check_output, staged_output
+from vlft.export.verify import official_class_available, official_class_name
+from vlft.export.writers import ShardReport, human_size, parse_size, torch_dtype, write_sharded
+from vlft.model.layouts import CHECKPOINT_MARKER, detect_layout
+
+TARGETS = ("hf", "internvl-chat")
+
+
+def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str = "hf", verify: bool | None = None,
+                       dtype: str = "bf16", max_shard_size: str | int = "2GB", overwrite: bool = False,
+                       log=print) -> Path:
+    """Write CHECKPOINT (training checkpoint or `vlft merge` output) to OUT in the ``target`` format.
+
+    Args:
+        target: "hf" (transformers-native) or "internvl-chat" (original InternVL layout).
+        verify: None = on when it can run (hf: transformers has the class; internvl-chat: always).
+            hf: logits within 1e-4 and 16 greedy tokens equal between transformers' class and vlft's
+            model (fp32, eager), written tensors bit-equal to the merged model, and the exported chat
+            template + processor files rebuild the training prompt. internvl-chat: the weights read
+            back through vlft's converter equal the merged model; the config's training fields are the run's.
+        dtype: "bf16" | "fp16" | "fp32" for the written weights.
+        max_shard_size: largest safetensors shard ("2GB", "500MB").
+        overwrite: replace a non-empty OUT (only once the new one is complete).
+
+    Returns OUT. Raises a VlftError subclass with one line on bad input, a failed write or a failed check.
+    """
+    source, out = Path(checkpoint), Path(out)
+    peek = peek_source(source)
+    check_target(target, peek, source)
+    weights_dtype = torch_dtype(dtype)
+    parse_size(max_shard_size)
+    check_output(out, overwrite=overwrite, sources=[source])
+    run_verify = _resolve_verify(verify, target, peek["family"])
+
+    merged = load_for_export(source)
+    with staged_output(out, overwrite=overwrite, sources=[source]) as staging:
+        if target == "hf":
+            report, warnings = write_hf(staging, merged, dtype=dtype, max_shard_size=max_shard_size)
+        else:
+            report, warnings = write_internvl_chat(staging, merged, dtype=dtype, max_shard_size=max_shard_size)
+        for warning in warnings:
+            log(f"warning: {warning}")
+        log(f"{target}: {len(report.weight_map)} tensors, {human_size(report.total_bytes)} {dtype} in "
+            f"{len(report.shard_bytes)} shard(s), the largest {human_size(report.largest_shard_bytes)}")
+        if run_verify:
+            result = _verify(staging, merged, target=target, dtype=weights_dtype)
+            log(result.summary())
+    log(f"wrote {out}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks before anything heavy runs
+
+
+def peek_source(source: Path) -> dict:
+    """Family, template and system prompt from the source's JSON alone (no model is loaded)."""
+    from vlft.model.trained_state import read_checkpoint_meta
+
+    if not source.is_dir():
+        raise CheckpointError(f"{source}: no such directory")
+    if (source / CHECKPOINT_MARKER).is_file():
+        meta = read_checkpoint_meta(source)
+        data = meta.get("config", {}).get("data", {})
+        return {"family": meta["info"]["family"], "template": data.get("template"),
+                "system_prompt": data.get("system_prompt")}
+    if (source / MODEL_RECORD).is_file():
+        record = read_model_record(source)
+        return {"family": record["family"], "template": record["template"], "system_prompt": record["system_prompt"]}
+    layout = detect_layout(source)  # one line for a directory that is no model at all
+    raise CheckpointError(f"{source}: a {layout.value} directory that vlft did not write (no {CHECKPOINT_MARKER} or "
+                          f"{MODEL_RECORD}); give a training checkpoint or the output of `vlft merge`")
+
+
+def check_target(target: str, peek: dict, source: Path) -> None:
+    if target not in TARGETS:
+        raise ConfigError(f"--to {target!r} is not one of {', '.join(TARGETS)}")
+    if target != "internvl-chat":
+        return
+    if peek["family"] != "internvl":
+        name = {"llava": "LLaVA"}.get(peek["family"], peek["family"])
+        raise CheckpointError(f"--to internvl-chat: {source} holds a {name} model, and the InternVL-chat layout is "
+                              "for InternVL models only; use --to hf")
+    if peek["template"] not in INTERNVL_CHAT_TEMPLATE_NAMES:
+        raise CheckpointError(f"--to internvl-chat: the run's template {peek['template']!r} is not one InternVL's "
+                              f"remote code knows ({', '.join(INTERNVL_CHAT_TEMPLATE_NAMES)}); use --to hf, whose "
+                              "chat template is written in full")
+
+
+def _resolve_verify(verify: bool | None, target: str, family: str) -> bool:
+    if target == "internvl-chat":
+        return verify is not False
+    available = official_class_available(family)
+    if verify and not available:
+        raise ConfigError(f"--verify: this transformers has no {official_class_name(family)}; "
+                          "upgrade transformers or pass --no-verify")
+    return available if verify is None else bool(verify)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writers
+
+
+def write_hf(out: Path, merged: MergedModel, *, dtype: str, max_shard_size) -> tuple[ShardReport, list[str]]:
+    report = write_native(out, merged, dtype=dtype, max_shard_size=max_shard_size)
+    warnings = write_processor_files(out, merged.model.info, training_tiling(merged.spec, merged.model.info))
+    return report, warnings
+
+
+def chat_training_fields(spec, info) -> dict:
+    """The InternVL-chat config fields, from the run (never copied from the base)."""
+    tiling = training_tiling(spec, info)
+    return {
+        "template": INTERNVL_CHAT_TEMPLATE_NAMES[spec.data.template],
+        "ps_version": "v2",
+        "force_image_size": tiling.tile_size,
+        "dynamic_image_size": tiling.mode == "dynamic",
+        "min_dynamic_patch": tiling.min_tiles,
+        "max_dynamic_patch": tiling.max_tiles,
+        "use_thumbnail": tiling.use_thumbnail,
+        "downsample_ratio": info.downsample_ratio,
+        "select_layer": info.select_layer,
+    }
+
+
+def write_internvl_chat(out: Path, merged: MergedModel, *, dtype: str, max_shard_size,
+                        ) -> tuple[ShardReport, list[str]]:
+    from vlft.model.internvl_chat_layout import iter_native_to_chat, native_config_to_chat
+
+    model, spec = merged.model, merged.spec
+    llm_arch = merged.provenance.get("llm_arch")
+    if llm_arch is None:
+        raise CheckpointError(f"--to internvl-chat: the LLM ({model.language_model.config.model_type}) has no "
+                              "InternVL-chat layout here (InternLM2, Qwen2 or Llama); use --to hf")
+    native = official_config(model, dtype=dtype).to_dict()
+    fields = chat_training_fields(spec, model.info)
+    chat_config = native_config_to_chat(native, llm_arch=llm_arch, training_fields=fields,
+                                        base_config=merged.base_chat_config)
+    report = write_sharded(iter_native_to_chat(native_items(model), native, llm_arch=llm_arch), out, dtype=dtype,
+                           max_shard_size=max_shard_size)
+    (out / "config.json").write_text(json.dumps(chat_config, indent=2) + "\n")
+    template = export_template(spec, merged.family)
+    write_generation_config(out, merged.tokenizer, template)
+    write_tokenizer(out, merged.tokenizer, family=merged.family, template=template)
+    write_model_record(out, model_record(merged, dtype=dtype, layout="internvl-chat"))
+    warnings = []
+    for file in merged.remote_code:
+        shutil.copy2(file, out / file.name)
+    if not merged.remote_code:
+        warnings.append("the base was not an InternVL-chat checkpoint, so no remote code (*.py) was copied; add "
+                        "modeling_internvl_chat.py and its companions from an InternVL release to load it with "
+                        "trust_remote_code")
+    if spec.data.system_prompt is not None:
+        warnings.append("data.system_prompt is set, but InternVL's remote code takes the template's own system "
+                        "message; pass yours with model.system_message at inference")
+    return report, warnings
+
+
+# ------------------------------------------------------------------------------------------------
+# Verification of the staged directory
+
+
+def _verify(staging: Path, merged: MergedModel, *, target: str, dtype):
+    from vlft.export.verify import check_written_tensors, verify_hf_export, verify_internvl_chat_export
+    from vlft.export.writers import iter_safetensors_dir
+
+    state = export_state(merged.model)
+    if target == "internvl-chat":
+        fields = chat_training_fields(merged.spec, merged.model.info)
+        return verify_internvl_chat_export(staging, state, dtype=dtype, training_fields=fields)
+    tensors = check_written_tensors(iter_safetensors_dir(staging), state, dtype=dtype)
+    del state
+    release(merged)  # the logit check loads one fp32 model at a time from the written files
+    result = verify_hf_export(staging)
+    result.tensors = tensors
+    return result

@@ -1,0 +1,305 @@
+"""Check an export against what was trained: the written tensors, the official class's logits and greedy
+tokens, and the prompt ids the exported chat template + processor files produce.
+
+The logit check loads one model at a time (vlft's, then transformers'), both in fp32 with eager attention
+from the same written weights, so a bf16 export is compared without bf16 arithmetic noise and memory
+never holds two models.
+"""
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vlft.errors import VlftError
+
+#: The question the verification prompt asks about its synthetic image.
+VERIFY_QUESTION = "What is shown in this image?"
+
+
+class VerifyError(VlftError):
+    """An export that does not behave like the model vlft trained (one line: what differs, by how much)."""
+
+
+@dataclass
+class VerifyReport:
+    """Figures of one verification; ``summary()`` is the line the CLI prints."""
+
+    target: str
+    tensors: int = 0
+    max_abs_logit_diff: float | None = None
+    logit_positions: int = 0
+    greedy_tokens: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    max_abs_pixel_diff: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"verify ({self.target}): {self.tensors} tensors equal to the merged model"]
+        if self.max_abs_logit_diff is not None:
+            parts.append(f"max |Δlogit| = {self.max_abs_logit_diff:.2e} over {self.logit_positions} positions")
+            parts.append(f"greedy {len(self.greedy_tokens)}/{len(self.greedy_tokens)} tokens equal")
+        if self.prompt_tokens:
+            parts.append(f"chat template + processor give the training prompt ({self.prompt_tokens} ids)")
+        if self.max_abs_pixel_diff is not None:
+            parts.append(f"processor pixels within {self.max_abs_pixel_diff:.1e} of training tiles")
+        return "; ".join(parts + self.notes)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tensors
+
+
+def check_written_tensors(written: Iterable[tuple[str, torch.Tensor]], expected: dict[str, torch.Tensor], *,
+                          dtype: torch.dtype) -> int:
+    """Every written tensor equals the expected one cast to ``dtype``, bit for bit; none missing or extra."""
+    seen = set()
+    for name, tensor in written:
+        if name not in expected:
+            raise VerifyError(f"the export holds {name!r}, which the merged model does not have")
+        want = expected[name]
+        if want.is_floating_point():
+            want = want.to(dtype)
+        if tensor.shape != want.shape or tensor.dtype != want.dtype or not torch.equal(tensor, want.to("cpu")):
+            raise VerifyError(f"{name}: the written tensor differs from the merged model's "
+                              f"({tuple(tensor.shape)} {tensor.dtype} vs {tuple(want.shape)} {want.dtype})")
+        seen.add(name)
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise VerifyError(f"the export lacks {missing[0]!r}" + (f" and {len(missing) - 1} more" if len(missing) > 1
+                                                                  else ""))
+    return len(seen)
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def synthetic_image(tile_size: int):
+    """A deterministic wide image (2.5 tiles x 1 tile): gradients plus a checkerboard, so every tile differs."""
+    import numpy as np
+    from PIL import Image
+
+    height, width = tile_size, tile_size * 5 // 2
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1),
+                    ((x // 7 + y // 7) % 2) * 200 + 27], axis=-1).astype(np.uint8)
+    return Image.fromarray(rgb, "RGB")
+
+
+@dataclass
+class TrainingPrompt:
+    """What training would feed the model for the verification question."""
+
+    input_ids: list[int]
+    pixel_values: torch.Tensor  # [tiles, 3, S, S]
+    image: object
+
+
+def training_prompt(spec, tokenizer, info) -> TrainingPrompt:
+    from vlft.data.dataset import pipeline_from_spec
+    from vlft.data.encode import encode_prompt
+    from vlft.data.record import IMAGE_PLACEHOLDER, Turn
+    from vlft.data.tiling import tiles_for_image
+
+    pipeline = pipeline_from_spec(spec, tokenizer, info)
+    image = synthetic_image(pipeline.tiling.tile_size)
+    pixels = tiles_for_image(image, pipeline.tiling)
+    ids = encode_prompt([Turn("user", f"{IMAGE_PLACEHOLDER}\n{VERIFY_QUESTION}")], tokenizer, pipeline.template,
+                        image_tokens=pipeline.image_tokens,
+                        tokens_per_image=[pixels.shape[0] * pipeline.tokens_per_tile],
+                        system_prompt=pipeline.system_prompt)
+    return TrainingPrompt(input_ids=ids, pixel_values=pixels, image=image)
+
+
+# ------------------------------------------------------------------------------------------------
+# transformers-native export
+
+
+def official_class_name(family: str) -> str:
+    return "InternVLForConditionalGeneration" if family == "internvl" else "LlavaForConditionalGeneration"
+
+
+def official_class_available(family: str) -> bool:
+    try:
+        import transformers
+
+        getattr(transformers, official_class_name(family))
+        getattr(transformers, "AutoModelForImageTextToText")
+        return True
+    except (ImportError, AttributeError):
+        return False
+
+
+def verify_hf_export(out: str | Path, *, atol: float = 1e-4, new_tokens: int = 16) -> VerifyReport:
+    """Load ``out`` with vlft and with transformers' class; compare logits, greedy tokens and prompt ids.
+
+    Raises VerifyError on the first difference.
+    """
+    from vlft.export.hf_files import exported_spec, read_model_record
+    from vlft.model.load import build_vlm
+
+    out = Path(out)
+    record = read_model_record(out)
+    spec = exported_spec(out, record, dtype="float32", attn_implementation="eager")
+    report = VerifyReport(target="hf")
+
+    ours, tokenizer = build_vlm(spec.model, quantize=False)
+    info = ours.info
+    prompt = training_prompt(spec, tokenizer, info)
+    ids = torch.tensor([prompt.input_ids])
+    eos = _eos_ids(out, tokenizer)
+    generate_kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           eos_token_id=eos, pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id
+                           is not None else eos[0])
+    with torch.no_grad():
+        ours.eval()
+        our_logits = ours(input_ids=ids, pixel_values=prompt.pixel_values).logits[0].float()
+        our_tokens = ours.generate(ids, prompt.pixel_values, attention_mask=torch.ones_like(ids),
+                                   **generate_kwargs)[0].tolist()
+    _free(ours)
+    del ours
+
+    theirs = _load_official(out, info.family)
+    with torch.no_grad():
+        their_logits = theirs(input_ids=ids, pixel_values=prompt.pixel_values).logits[0].float()
+        generated = theirs.generate(input_ids=ids, pixel_values=prompt.pixel_values,
+                                    attention_mask=torch.ones_like(ids), **generate_kwargs)
+    their_tokens = generated[0, ids.shape[1]:].tolist()
+    _free(theirs)
+    del theirs
+
+    diff = float((our_logits - their_logits).abs().max())
+    report.max_abs_logit_diff, report.logit_positions = diff, our_logits.shape[0]
+    if not diff <= atol:  # also catches NaN
+        raise VerifyError(f"{out}: transformers' {official_class_name(info.family)} and vlft's model differ: "
+                          f"max |Δlogit| = {diff:.3e} > {atol:.0e}")
+    if our_tokens != their_tokens:
+        first = next((i for i, (a, b) in enumerate(zip(our_tokens, their_tokens)) if a != b),
+                     min(len(our_tokens), len(their_tokens)))
+        raise VerifyError(f"{out}: greedy generation differs from new token {first}: vlft {our_tokens[first:first + 3]}"
+                          f" vs transformers {their_tokens[first:first + 3]}")
+    report.greedy_tokens = our_tokens
+
+    _check_prompt_files(out, spec, prompt, report)
+    return report
+
+
+def _free(model) -> None:
+    """Give a big model's memory back before the next one loads (a full gc is slow, so only when it pays)."""
+    if sum(p.numel() for p in model.parameters()) > 50_000_000:
+        for param in model.parameters():
+            param.data = torch.empty(0, dtype=param.dtype)
+        gc.collect()
+
+
+def _eos_ids(out: Path, tokenizer) -> list[int]:
+    from transformers import GenerationConfig
+
+    eos = GenerationConfig.from_pretrained(str(out)).eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    return eos or [tokenizer.eos_token_id]
+
+
+def _load_official(out: Path, family: str):
+    from transformers import AutoModelForImageTextToText
+
+    try:
+        model, loading = AutoModelForImageTextToText.from_pretrained(
+            str(out), attn_implementation="eager", dtype=torch.float32, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
+        raise VerifyError(f"{out}: transformers cannot load the export ({str(exc).splitlines()[0]})") from None
+    expected = official_class_name(family)
+    if type(model).__name__ != expected:
+        raise VerifyError(f"{out}: transformers loaded a {type(model).__name__}, not a {expected}")
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(loading.get(kind) or [])
+        if keys:
+            raise VerifyError(f"{out}: transformers reports {kind.replace('_', ' ')} on load, e.g. {keys[0]!r} "
+                              f"({len(keys)} in all)")
+    return model.eval()
+
+
+def _check_prompt_files(out: Path, spec, prompt: TrainingPrompt, report: VerifyReport) -> None:
+    """The exported tokenizer's chat template + the processor files must rebuild the training prompt."""
+    import json
+
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    processor = json.loads((out / "processor_config.json").read_text())
+    image_processor = AutoImageProcessor.from_pretrained(str(out))
+    family = "internvl" if processor["processor_class"] == "InternVLProcessor" else "llava"
+    if family == "internvl":
+        for name, token in (("start_image_token", "<img>"), ("end_image_token", "</img>"),
+                            ("context_image_token", "<IMG_CONTEXT>")):
+            if getattr(tokenizer, name, None) != token:
+                raise VerifyError(f"{out}: the tokenizer does not name {token} as {name}, which InternVLProcessor "
+                                  "reads")
+        # InternVLProcessor passes crop_to_patches=True whatever the image processor's config says.
+        features = image_processor(images=[prompt.image], return_tensors="pt", crop_to_patches=True)
+        tiles = int(features["num_patches"][0]) if "num_patches" in features else features["pixel_values"].shape[0]
+        expansion = "<img>" + "<IMG_CONTEXT>" * (processor["image_seq_length"] * tiles) + "</img>"
+        placeholder = "<IMG_CONTEXT>"
+    else:
+        features = image_processor(images=[prompt.image], return_tensors="pt")
+        height, width = features["pixel_values"].shape[-2:]
+        patch = processor["patch_size"]
+        count = (height // patch) * (width // patch) + processor["num_additional_image_tokens"]
+        count -= processor["vision_feature_select_strategy"] == "default"
+        placeholder = "<image>"
+        expansion = placeholder * count
+    pixels = features["pixel_values"]
+    if pixels.shape == prompt.pixel_values.shape:
+        report.max_abs_pixel_diff = float((pixels.float() - prompt.pixel_values).abs().max())
+        if report.max_abs_pixel_diff > 1e-4:
+            raise VerifyError(f"{out}: the exported image processor's pixels differ from training's tiles by "
+                              f"{report.max_abs_pixel_diff:.2e}")
+    else:
+        report.notes.append(f"processor tiles {tuple(pixels.shape)} differ in shape from training's "
+                            f"{tuple(prompt.pixel_values.shape)} (see the export warning)")
+
+    conversations = {
+        "string": [{"role": "user", "content": f"<image>\n{VERIFY_QUESTION}"}],
+        "content blocks": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": VERIFY_QUESTION}]}],
+    }
+    for form, messages in conversations.items():
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # What the processors do: expand each image placeholder, then tokenize, skipping a BOS the text has.
+        text = text.replace(placeholder, expansion)
+        add_special = not (tokenizer.bos_token and text.startswith(tokenizer.bos_token))
+        ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        if pixels.shape == prompt.pixel_values.shape and ids != prompt.input_ids:
+            first = next((i for i, (a, b) in enumerate(zip(ids, prompt.input_ids)) if a != b),
+                         min(len(ids), len(prompt.input_ids)))
+            raise VerifyError(f"{out}: the exported chat template ({form} messages) gives other prompt ids than "
+                              f"training from position {first} ({len(ids)} vs {len(prompt.input_ids)} ids)")
+    report.prompt_tokens = len(prompt.input_ids)
+
+
+# ------------------------------------------------------------------------------------------------
+# InternVL-chat export
+
+
+def verify_internvl_chat_export(out: str | Path, expected: dict[str, torch.Tensor], *, dtype: torch.dtype,
+                                training_fields: dict) -> VerifyReport:
+    """Read the original-layout weights back through vlft's converter; compare with the merged tensors and
+    the config's training fields with the run's."""
+    import json
+
+    from vlft.export.writers import iter_safetensors_dir
+    from vlft.model.internvl_chat_layout import chat_training_fields, iter_chat_to_native
+
+    out = Path(out)
+    config = json.loads((out / "config.json").read_text())
+    written = chat_training_fields(config)
+    for name, value in training_fields.items():
+        if written.get(name) != value:
+            raise VerifyError(f"{out / 'config.json'}: {name}={written.get(name)!r}, but training used {value!r}")
+    report = VerifyReport(target="internvl-chat")
+    report.tensors = check_written_tensors(iter_chat_to_native(iter_safetensors_dir(out), config), expected,
+                                           dtype=dtype)
+    return report
