@@ -39,12 +39,25 @@ def quantization_config(quant: QuantSpec | None):
                               llm_int8_skip_modules=keep)
 
 
+#: Opt-in for tokenizers that exist only as remote code (InternVL2's InternLM2Tokenizer); weights never need it.
+TRUST_REMOTE_CODE_ENV = "VLFT_TRUST_REMOTE_CODE"
+
+
 def load_tokenizer(path: str | Path):
+    import os
+
     from transformers import AutoTokenizer
 
+    trust = os.environ.get(TRUST_REMOTE_CODE_ENV, "") == "1"
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust)
     except Exception as exc:
+        config = Path(path) / "tokenizer_config.json"
+        if not trust and config.is_file() and '"auto_map"' in config.read_text():
+            raise CheckpointError(
+                f"{path}: its tokenizer exists only as remote code; vlft runs none by default: set "
+                f"{TRUST_REMOTE_CODE_ENV}=1 to load that tokenizer (weights are always read without remote code)"
+            ) from None
         raise CheckpointError(f"{path}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
 
 
