@@ -166,3 +166,13 @@ def test_bad_model_directories(tmp_path, tiny_dir):
     with pytest.raises(CheckpointError, match="model.llm.path=.*expected a language model directory"):
         build_vlm(_spec(vision={"path": str(tiny_dir["internvl_vision"])},
                         llm={"path": str(tiny_dir["internvl_vision"])}).model)
+
+
+def test_remote_code_tokenizer_needs_an_explicit_opt_in(tmp_path, monkeypatch):
+    from vlft.model.load import load_tokenizer
+
+    monkeypatch.delenv("VLFT_TRUST_REMOTE_CODE", raising=False)
+    (tmp_path / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "InternLM2Tokenizer", "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", null]}}')
+    with pytest.raises(CheckpointError, match="exists only as remote code.*VLFT_TRUST_REMOTE_CODE=1"):
+        load_tokenizer(tmp_path)
