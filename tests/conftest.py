@@ -26,3 +26,14 @@ def tiny_dir(tmp_path_factory):
     paths["internvl_vision"], paths["internvl_llm"] = make_tiny_parts(root / "internvl_parts", family="internvl")
     paths["llava_vision"], paths["llava_llm"] = make_tiny_parts(root / "llava_parts", family="llava")
     return paths
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and `pytest -n 2` already keeps both cores busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,15 +17,6 @@ from vlft.errors import CheckpointError, ConfigError
 from vlft.model.layouts import CHECKPOINT_MARKER
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and `pytest -n 2` already keeps both cores busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     """A tiny InternVL with LoRA (dropout on, so resuming must restore the RNG) on 16 one-colour images."""

@@ -43,14 +43,6 @@ def write_config(path: Path, *, model: dict, data_file: Path, schedule=None, eng
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and `pytest -n 2` already keeps both cores busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

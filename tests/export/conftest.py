@@ -50,14 +50,6 @@ def build_train_checkpoint(base, out, *, family, template, model=None, data=None
     return out
 
 
-@pytest.fixture(scope="package", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread (and do not fight parallel test workers for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
