@@ -41,6 +41,7 @@ def test_base_inheritance_merges_dicts(tmp_path):
     (MINIMAL + "schedule = dict(global_batch_size=10, micro_batch_size=4)\n", "not divisible"),
     (MINIMAL + "data = dict(tiling=dict(min_tiles=5, max_tiles=2))\n", "data.tiling.min_tiles=5 and data.tiling.max_tiles=2"),
     ("model = dict(family='internvl')\n", "model.path is not set"),
+    (MINIMAL + "data = dict(pack_length=0)\n", "data.pack_length must be positive"),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
@@ -60,6 +61,13 @@ def test_parse_cfg_options():
         "a": 1, "b": [1, 2], "c": "hello", "d": True, "e": None}
     with pytest.raises(ConfigError, match="key=value"):
         parse_cfg_options(["novalue"])
+
+
+def test_packed_rows_default_to_max_length():
+    spec = spec_from_dict({"model": {"family": "internvl", "path": "/m"}, "data": {"max_length": 900}})
+    assert spec.data.packed_row_length == 900
+    spec = spec_from_dict({"model": {"family": "internvl", "path": "/m"}, "data": {"max_length": 900, "pack_length": 300}})
+    assert spec.data.packed_row_length == 300
 
 
 def test_spec_round_trips_through_dict():

@@ -149,6 +149,9 @@ class DataSpec:
     max_length: int = 4096
     tiling: TilingSettings = field(default_factory=TilingSettings)
     packing: bool = False
+    #: Tokens per packed row (None: max_length). Eager/sdpa attention costs the row length squared, so on
+    #: CPUs shorter rows train faster; flash attention on a GPU attends per sample and does not care.
+    pack_length: Optional[int] = None
     group_by_length: bool = True
     #: What to do with a sample that cannot be used (bad image, too long...): "skip" counts it, "error" stops.
     on_bad_sample: str = "skip"
@@ -158,6 +161,12 @@ class DataSpec:
         _one_of(self.on_bad_sample, ("skip", "error"), "data.on_bad_sample")
         if self.max_length <= 0:
             raise ConfigError(f"data.max_length must be positive, got {self.max_length}")
+        if self.pack_length is not None and self.pack_length <= 0:
+            raise ConfigError(f"data.pack_length must be positive, got {self.pack_length}")
+
+    @property
+    def packed_row_length(self) -> int:
+        return self.pack_length or self.max_length
 
 
 @dataclass

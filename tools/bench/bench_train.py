@@ -104,7 +104,7 @@ def write_config(path: Path, ws: dict, args, *, packing: bool) -> Path:
                   "connector": {"train": True},
                   "llm": {"train": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05}}},
         "data": {"datasets": [{"path": ws["data"], "image_root": ws["image_root"]}], "template": "internvl2_5",
-                 "max_length": args.max_length, "packing": packing,
+                 "max_length": args.max_length, "packing": packing, "pack_length": args.pack_length,
                  "tiling": {"mode": "dynamic", "min_tiles": 1, "max_tiles": args.max_tiles}},
         "schedule": {"epochs": 1, "micro_batch_size": args.pack_rows if packing else args.micro_batch,
                      "gradient_accumulation": args.accumulation, "lr": 2e-4, "warmup_ratio": 0.03, "seed": 0},
@@ -251,6 +251,8 @@ def run_child(variant: str, ws: dict, args) -> dict:
            "--out", str(out), "--threads", str(args.threads), "--max-length", str(args.max_length),
            "--max-tiles", str(args.max_tiles), "--micro-batch", str(args.micro_batch),
            "--pack-rows", str(args.pack_rows), "--accumulation", str(args.accumulation)]
+    if args.pack_length:
+        cmd += ["--pack-length", str(args.pack_length)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -281,6 +283,8 @@ def main() -> None:
     parser.add_argument("--max-tiles", type=int, default=6)
     parser.add_argument("--micro-batch", type=int, default=4, help="samples per micro-batch (padding)")
     parser.add_argument("--pack-rows", type=int, default=2, help="packed rows per micro-batch (packing)")
+    parser.add_argument("--pack-length", type=int, default=None,
+                        help="tokens per packed row (default: --max-length); see data.pack_length")
     parser.add_argument("--accumulation", type=int, default=2)
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)

@@ -306,7 +306,7 @@ def _plan_efficiency(report: PreflightReport, kept_epoch: list[Sample], lengths:
     if not epoch_lengths:
         return
     common = dict(batch_size=spec.schedule.micro_batch_size, seed=spec.schedule.seed, epoch=0,
-                  group_by_length=spec.data.group_by_length, max_length=spec.data.max_length)
+                  group_by_length=spec.data.group_by_length, max_length=spec.data.packed_row_length)
     padded = plan_batches(epoch_lengths, has_image, packing=False, **common)
     packed = plan_batches(epoch_lengths, has_image, packing=True, **common)
     report.padding_efficiency = token_efficiency(epoch_lengths, padded, packed=False)

@@ -317,7 +317,7 @@ class EpochPlans:
         groups = plan_batches(self.lengths, self.has_image,
                               batch_size=self.spec.schedule.micro_batch_size * self.world_size,
                               seed=self.spec.schedule.seed, epoch=epoch, group_by_length=self.spec.data.group_by_length,
-                              packing=packing, max_length=self.spec.data.max_length)
+                              packing=packing, max_length=self.spec.data.packed_row_length)
         return [g for g in groups if len(g) >= self.world_size]
 
     def for_rank(self, epoch: int) -> list:
