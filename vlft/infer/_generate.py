@@ -1,0 +1,111 @@
+"""Prompts -> replies: the same template and tiling as training, left-padded batches, stop at the stop words."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlft.data.dataset import DataPipeline
+from vlft.data.encode import encode_prompt
+from vlft.data.record import Sample
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class PromptInputs:
+    input_ids: list[int]
+    pixel_values: torch.Tensor  # [tiles, 3, S, S] of all images of the conversation, in order
+
+
+def prompt_ids(pipeline: DataPipeline, sample: Sample) -> list[int]:
+    """Ids of the conversation + the generation prompt, images expanded (tile counts from the headers only)."""
+    counts = pipeline.tile_counts(sample)
+    return encode_prompt(sample.turns, pipeline.tokenizer, pipeline.template, image_tokens=pipeline.image_tokens,
+                         tokens_per_image=[c * pipeline.tokens_per_tile for c in counts],
+                         system_prompt=pipeline.system_prompt, where=sample.where)
+
+
+def prompt_inputs(pipeline: DataPipeline, sample: Sample, ids: list[int] | None = None) -> PromptInputs:
+    """Ids and pixels, exactly as training encodes them (`ids` when already computed)."""
+    return PromptInputs(prompt_ids(pipeline, sample) if ids is None else ids, pipeline.pixels(sample))
+
+
+def stop_token_ids(pipeline: DataPipeline) -> list[int]:
+    """Ids that end a reply: the template's single-token stop words, and the tokenizer's eos."""
+    tokenizer = pipeline.tokenizer
+    vocab = tokenizer.get_vocab()
+    ids = [vocab[word] for word in pipeline.template.stop_words if word in vocab]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def multi_token_stops(pipeline: DataPipeline) -> list[str]:
+    """Stop words that are not one token (e.g. the plain template's "\\n"): cut from the decoded text."""
+    vocab = pipeline.tokenizer.get_vocab()
+    return [word for word in pipeline.template.stop_words if word not in vocab]
+
+
+def generate_kwargs(pipeline: DataPipeline, settings: GenerationSettings) -> dict:
+    tokenizer = pipeline.tokenizer
+    stops = stop_token_ids(pipeline)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    kwargs = dict(max_new_tokens=settings.max_new_tokens, eos_token_id=stops, pad_token_id=pad)
+    if settings.temperature > 0:
+        kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+    else:
+        kwargs.update(do_sample=False)
+    if multi_token_stops(pipeline):
+        kwargs.update(stop_strings=multi_token_stops(pipeline), tokenizer=tokenizer)
+    return kwargs
+
+
+def decode_reply(pipeline: DataPipeline, new_ids) -> str:
+    """The reply text: tokens up to the first stop id, special tokens dropped, cut at a text stop word."""
+    stops = set(stop_token_ids(pipeline))
+    ids = []
+    for token in (new_ids.tolist() if hasattr(new_ids, "tolist") else new_ids):
+        if token in stops:
+            break
+        ids.append(token)
+    text = pipeline.tokenizer.decode(ids, skip_special_tokens=True)
+    for word in multi_token_stops(pipeline):
+        text = text.split(word)[0]
+    return text.strip()
+
+
+def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows padded on the left (generation continues from the right end): ids [B, T], attention mask [B, T]."""
+    longest = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, longest - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        mask[row, longest - len(ids):] = 1
+    return input_ids, mask
+
+
+@torch.no_grad()
+def generate_batch(model, pipeline: DataPipeline, prompts: list[PromptInputs], settings: GenerationSettings,
+                   streamer=None) -> list[str]:
+    """One reply per prompt, generated together (left padding)."""
+    kwargs = generate_kwargs(pipeline, settings)
+    input_ids, mask = left_pad([p.input_ids for p in prompts], kwargs["pad_token_id"])
+    pixels = torch.cat([p.pixel_values for p in prompts])
+    new = model.generate(input_ids.to(model.device), pixels.to(model.device) if pixels.numel() else None,
+                         mask.to(model.device), streamer=streamer, **kwargs)
+    return [decode_reply(pipeline, row) for row in new]
