@@ -12,7 +12,7 @@ are trained for one epoch by each contender, each in its own child process (so p
 
 Same LoRA (r 16, alpha 32, dropout 0.05), learning rate, fp32, sdpa attention, same micro-batch count
 per optimizer step (micro 4 x accumulation 2; packed runs take `--pack-rows` rows of at most
-`--max-length` tokens per micro-batch). Each contender is timed over the whole epoch, from its first
+`--pack-length` tokens per micro-batch). Each contender is timed over the whole epoch, from its first
 forward call to its last optimizer step (data loading included; start-up and the final save excluded),
 in CPU seconds of its process (one torch thread, data loaded in-process: steady on a shared machine)
 and in wall seconds.
@@ -282,8 +282,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--max-tiles", type=int, default=6)
     parser.add_argument("--micro-batch", type=int, default=4, help="samples per micro-batch (padding)")
-    parser.add_argument("--pack-rows", type=int, default=2, help="packed rows per micro-batch (packing)")
-    parser.add_argument("--pack-length", type=int, default=None,
+    parser.add_argument("--pack-rows", type=int, default=4, help="packed rows per micro-batch (packing)")
+    parser.add_argument("--pack-length", type=int, default=512,
                         help="tokens per packed row (default: --max-length); see data.pack_length")
     parser.add_argument("--accumulation", type=int, default=2)
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
@@ -323,7 +323,7 @@ def main() -> None:
     base = best["plain"]
     base_rate = base["samples"] / base["cpu_seconds"]
     print(f"\n{args.samples} samples, 1 epoch, micro {args.micro_batch} samples (packing: {args.pack_rows} rows of "
-          f"<= {args.max_length} tokens) x accumulation {args.accumulation}, torch threads {args.threads}, "
+          f"<= {args.pack_length or args.max_length} tokens) x accumulation {args.accumulation}, torch threads {args.threads}, "
           f"best of {args.repeats}")
     header = (f"{'contender':<38} {'samples/cpu-s':>13} {'tokens/cpu-s':>12} {'samples/s':>9} {'efficiency':>10} "
               f"{'peak RSS':>9} {'vs plain':>8}")
