@@ -56,6 +56,13 @@ def _cfg_options(flagged: tuple[str, ...], trailing: tuple[str, ...]) -> tuple[s
 
 
 def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    # Notes from the libraries that say nothing to a user: an optional bitsandbytes CPU kernel package,
+    # transformers' deprecations of names vlft does not call itself.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
