@@ -1,4 +1,5 @@
-"""Write a training checkpoint (merged in memory) or a merged directory in an official format.
+"""Write a training checkpoint (merged on the way, see vlft.export.merge) or a merged directory in an official
+format.
 
 - ``hf``: transformers-native ``InternVLForConditionalGeneration`` / ``LlavaForConditionalGeneration``
   (what transformers, vLLM and LMDeploy load): vlft's native weights, config, generation config,
@@ -20,8 +21,8 @@ from vlft.errors import CheckpointError, ConfigError
 from vlft.export.hf_files import (INTERNVL_CHAT_TEMPLATE_NAMES, MODEL_RECORD, export_template, official_config,
                                   read_model_record, training_tiling, write_generation_config, write_model_record,
                                   write_processor_files, write_tokenizer)
-from vlft.export.merge import (MergedModel, native_items, export_state, load_for_export, model_record, release,
-                               write_native)
+from vlft.export.merge import (MergedModel, StreamedMerge, native_items, export_state, load_for_export, model_record,
+                               prepare_merge, release, write_native)
 from vlft.export.staging import check_output, staged_output
 from vlft.export.verify import official_class_available, official_class_name
 from vlft.export.writers import ShardReport, human_size, parse_size, torch_dtype, write_sharded
@@ -56,7 +57,10 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str =
     check_output(out, overwrite=overwrite, sources=[source])
     run_verify = _resolve_verify(verify, target, peek["family"])
 
-    merged = load_for_export(source)
+    if target == "hf" and not run_verify and (source / CHECKPOINT_MARKER).is_file():
+        merged = prepare_merge(source)  # streamed where it can be: nothing needs the model in memory
+    else:
+        merged = load_for_export(source)
     with staged_output(out, overwrite=overwrite, sources=[source]) as staging:
         if target == "hf":
             report, warnings = write_hf(staging, merged, dtype=dtype, max_shard_size=max_shard_size)
@@ -125,9 +129,10 @@ def _resolve_verify(verify: bool | None, target: str, family: str) -> bool:
 # Writers
 
 
-def write_hf(out: Path, merged: MergedModel, *, dtype: str, max_shard_size) -> tuple[ShardReport, list[str]]:
+def write_hf(out: Path, merged: MergedModel | StreamedMerge, *, dtype: str, max_shard_size,
+             ) -> tuple[ShardReport, list[str]]:
     report = write_native(out, merged, dtype=dtype, max_shard_size=max_shard_size)
-    warnings = write_processor_files(out, merged.model.info, training_tiling(merged.spec, merged.model.info))
+    warnings = write_processor_files(out, merged.info, training_tiling(merged.spec, merged.info))
     return report, warnings
 
 

@@ -69,13 +69,18 @@ def training_tiling(spec, info: VLMInfo) -> TilingSpec:
 
 def official_config(model: VisionLanguageModel, *, dtype: str):
     """The InternVLConfig / LlavaConfig of the merged model, LM head untied (both matrices are written)."""
+    return official_config_of(model.language_model.config, model.vision_tower.config, model.info,
+                              vocab_size=model.language_model.get_input_embeddings().num_embeddings, dtype=dtype)
+
+
+def official_config_of(text_config, vision_config, info: VLMInfo, *, vocab_size: int, dtype: str):
+    """official_config from the parts' configs alone (the streamed merge has no model)."""
     from transformers import InternVLConfig, LlavaConfig
 
-    info = model.info
-    text = model.language_model.config.to_dict()
+    text = text_config.to_dict()
     text["tie_word_embeddings"] = False
-    text["vocab_size"] = model.language_model.get_input_embeddings().num_embeddings
-    vision = model.vision_tower.config.to_dict()
+    text["vocab_size"] = vocab_size
+    vision = vision_config.to_dict()
     common = dict(vision_config=vision, text_config=text, projector_hidden_act="gelu",
                   vision_feature_layer=info.select_layer, vision_feature_select_strategy="default",
                   tie_word_embeddings=False)

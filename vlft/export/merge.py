@@ -2,8 +2,11 @@
 native layout, which is the transformers "-hf" layout plus ``vlft_model.json``.
 
 A QLoRA run's base is reloaded unquantized (merging into 4-bit weights would round the update away) and
-the same adapter is merged into it. The weights are streamed into size-capped shards, one tensor at a
-time, cast to the export dtype on the way: the merged model in memory is the only full copy.
+the same adapter is merged into it. For a whole base (transformers-native or InternVL-chat) the merge is
+streamed (vlft.export.streaming): the base is read tensor by tensor, each LoRA layer merged by peft on its
+own, and the shard writer holds one shard at a time. A base composed from parts, and `convert --verify`,
+which needs the model anyway, merge in memory (merge_training_checkpoint), whose output the streamed one
+equals tensor for tensor.
 
     out/
       config.json                 InternVLConfig / LlavaConfig (tie_word_embeddings=false)
@@ -25,10 +28,11 @@ from pathlib import Path
 import torch
 
 from vlft.errors import CheckpointError
-from vlft.export.hf_files import (MODEL_RECORD, export_template, exported_spec, official_config, read_model_record,
-                                  training_tiling, write_generation_config, write_model_record, write_tokenizer)
+from vlft.export.hf_files import (MODEL_RECORD, export_template, exported_spec, official_config, official_config_of,
+                                  read_model_record, training_tiling, write_generation_config, write_model_record,
+                                  write_tokenizer)
 from vlft.export.staging import check_output, staged_output
-from vlft.export.writers import ShardReport, human_size, parse_size, torch_dtype, write_sharded
+from vlft.export.writers import ShardReport, ShardWriter, human_size, parse_size, torch_dtype
 from vlft.model.layouts import CHECKPOINT_MARKER, Layout, detect_layout
 from vlft.model.vlm import VisionLanguageModel
 
@@ -49,8 +53,50 @@ class MergedModel:
     remote_code: list[Path] = field(default_factory=list)  # the base's *.py (InternVL-chat bases)
 
     @property
+    def info(self):
+        return self.model.info
+
+    @property
     def family(self) -> str:
         return self.model.info.family
+
+    def items(self, make_room=None):
+        return export_items(self.model)
+
+    def config(self, *, dtype: str):
+        return official_config(self.model, dtype=dtype)
+
+
+@dataclass
+class StreamedMerge:
+    """A training checkpoint to be merged on its way to disk: all but the weights, which `items` streams."""
+
+    checkpoint: Path
+    base: Path
+    tokenizer: object
+    spec: object                     # the run's resolved ExperimentSpec
+    info: object                     # VLMInfo, from the checkpoint
+    provenance: dict
+    text_config: object              # the configs the in-memory merge's model would carry
+    vision_config: object
+    base_chat_config: dict | None = None
+    remote_code: list[Path] = field(default_factory=list)
+
+    @property
+    def family(self) -> str:
+        return self.info.family
+
+    def items(self, make_room=None):
+        """See merged_items; make_room(numel, dtype) is called before each base tensor is loaded."""
+        from vlft.export.streaming import merged_items
+        from vlft.model.load import torch_dtype as model_dtype
+
+        return merged_items(self.checkpoint, self.base, model_dtype=model_dtype(self.spec.model.dtype),
+                            vision_type=self.vision_config.model_type, make_room=make_room)
+
+    def config(self, *, dtype: str):
+        return official_config_of(self.text_config, self.vision_config, self.info,
+                                  vocab_size=self.text_config.vocab_size, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -93,15 +139,37 @@ def merge_training_checkpoint(checkpoint: str | Path) -> MergedModel:
     provenance = {"source": str(checkpoint.resolve()), "step": meta.get("step"),
                   "base_model": meta.get("base_model") or spec.model.path}
     merged = MergedModel(model=model, tokenizer=load_tokenizer(checkpoint), spec=spec, provenance=provenance)
-    _describe_base(merged, spec.model)
+    _describe_base(merged, spec.model, model.language_model.config.model_type)
     return merged
 
 
-def _describe_base(merged: MergedModel, model_spec) -> None:
+def streamed_merge(checkpoint: str | Path) -> StreamedMerge:
+    """What the streamed merge needs (configs, tokenizer, provenance); NotStreamable for a parts base or an
+    adapter using peft features the one-layer merge does not cover."""
+    from vlft.config import spec_from_dict
+    from vlft.export.streaming import base_configs, check_streamable, streamable_base
+    from vlft.model.load import load_tokenizer
+    from vlft.model.trained_state import info_from_meta, read_checkpoint_meta
+
+    checkpoint = Path(checkpoint)
+    meta = read_checkpoint_meta(checkpoint)
+    spec = spec_from_dict(meta["config"])
+    base = streamable_base(meta)
+    check_streamable(checkpoint)
+    info = info_from_meta(meta)
+    text_config, vision_config = base_configs(base, info)
+    provenance = {"source": str(checkpoint.resolve()), "step": meta.get("step"),
+                  "base_model": meta.get("base_model") or spec.model.path}
+    merged = StreamedMerge(checkpoint=checkpoint, base=base, tokenizer=load_tokenizer(checkpoint), spec=spec,
+                           info=info, provenance=provenance, text_config=text_config, vision_config=vision_config)
+    _describe_base(merged, spec.model, text_config.model_type)
+    return merged
+
+
+def _describe_base(merged, model_spec, text_type: str) -> None:
     """Record the base's layout and LLM architecture; keep an InternVL-chat base's config and remote code."""
     from vlft.model.internvl_chat_layout import llm_arch_of_chat_config
 
-    text_type = merged.model.language_model.config.model_type
     llm_arch = text_type if text_type in ("qwen2", "llama") else None
     if model_spec.path is None:
         layout = "parts"
@@ -157,10 +225,10 @@ def load_for_export(source: str | Path) -> MergedModel:
 # Writing the native layout
 
 
-def model_record(merged: MergedModel, *, dtype: str, layout: str) -> dict:
+def model_record(merged: MergedModel | StreamedMerge, *, dtype: str, layout: str) -> dict:
     from vlft.config import spec_to_dict
 
-    spec, info = merged.spec, merged.model.info
+    spec, info = merged.spec, merged.info
     tiling = training_tiling(spec, info)
     return {
         "layout": layout,
@@ -175,11 +243,13 @@ def model_record(merged: MergedModel, *, dtype: str, layout: str) -> dict:
     }
 
 
-def write_native(out: Path, merged: MergedModel, *, dtype: str, max_shard_size: str | int) -> ShardReport:
+def write_native(out: Path, merged: MergedModel | StreamedMerge, *, dtype: str,
+                 max_shard_size: str | int) -> ShardReport:
     """Weights, config.json, generation_config.json, tokenizer + chat template, vlft_model.json."""
-    model = merged.model
-    report = write_sharded(export_items(model), out, dtype=dtype, max_shard_size=max_shard_size)
-    official_config(model, dtype=dtype).save_pretrained(str(out))
+    writer = ShardWriter(out, max_shard_bytes=parse_size(max_shard_size), dtype=torch_dtype(dtype))
+    writer.add_all(merged.items(make_room=writer.make_room))
+    report = writer.close()
+    merged.config(dtype=dtype).save_pretrained(str(out))
     template = export_template(merged.spec, merged.family)
     write_generation_config(out, merged.tokenizer, template)
     write_tokenizer(out, merged.tokenizer, family=merged.family, template=template)
@@ -187,7 +257,7 @@ def write_native(out: Path, merged: MergedModel, *, dtype: str, max_shard_size: 
     return report
 
 
-def copy_remote_code(merged: MergedModel, out: Path) -> list[str]:
+def copy_remote_code(merged: MergedModel | StreamedMerge, out: Path) -> list[str]:
     """The base's InternVL-chat remote-code files (and its config, for fields vlft does not derive)."""
     out.mkdir(exist_ok=True)
     for file in merged.remote_code:
@@ -199,7 +269,7 @@ def copy_remote_code(merged: MergedModel, out: Path) -> list[str]:
 
 #: Vision towers whose canonical checkpoint keys nest under `vision_model.` (llava-hf on the Hub, vLLM, older
 #: transformers); transformers 5 flattens them in memory and its loader accepts both.
-_NESTED_VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
+NESTED_VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
 
 
 def export_items(model: VisionLanguageModel):
@@ -208,7 +278,7 @@ def export_items(model: VisionLanguageModel):
     Names are the model's state-dict names, except that a CLIP/SigLIP tower is written in the canonical
     ``vision_tower.vision_model.*`` layout.
     """
-    nest = (model.vision_tower.config.model_type in _NESTED_VISION_TYPES
+    nest = (model.vision_tower.config.model_type in NESTED_VISION_TYPES
             and not hasattr(model.vision_tower, "vision_model"))
     for name, tensor in model.state_dict().items():
         if nest and name.startswith("vision_tower."):
@@ -246,7 +316,7 @@ def merge_checkpoint(checkpoint: str | Path, out: str | Path, *, dtype: str = "b
     torch_dtype(dtype)
     parse_size(max_shard_size)
     check_output(out, overwrite=overwrite, sources=[checkpoint])
-    merged = merge_training_checkpoint(checkpoint)
+    merged = prepare_merge(checkpoint)
     with staged_output(out, overwrite=overwrite, sources=[checkpoint]) as staging:
         report = write_native(staging, merged, dtype=dtype, max_shard_size=max_shard_size)
         if merged.remote_code or merged.base_chat_config is not None:
@@ -254,6 +324,16 @@ def merge_checkpoint(checkpoint: str | Path, out: str | Path, *, dtype: str = "b
     log(f"merged {checkpoint} -> {out}: {len(report.weight_map)} tensors, {report.total_parameters / 1e6:.1f}M "
         f"parameters, {human_size(report.total_bytes)} {dtype} in {len(report.shard_bytes)} shard(s)")
     return out
+
+
+def prepare_merge(checkpoint: str | Path) -> MergedModel | StreamedMerge:
+    """The streamed merge where it applies, else the model merged in memory."""
+    from vlft.export.streaming import NotStreamable
+
+    try:
+        return streamed_merge(checkpoint)
+    except NotStreamable:
+        return merge_training_checkpoint(checkpoint)
 
 
 def release(merged: MergedModel) -> None:

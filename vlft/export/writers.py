@@ -142,6 +142,18 @@ class ShardWriter:
         self._buffer_bytes += size
         self._parameters += tensor.numel()
 
+    def make_room(self, numel: int, dtype: torch.dtype) -> None:
+        """Flush now if a tensor of `numel` elements (`dtype` before the cast) would overflow the shard.
+
+        A streaming caller calls it before it loads the tensor, so the full shard is written before the
+        next tensor is in memory (what `add` decides alone, it decides with the tensor loaded).
+        """
+        if self.dtype is not None and dtype.is_floating_point:
+            dtype = self.dtype
+        size = numel * dtype.itemsize
+        if self._buffer and self._buffer_bytes + size > self.max_shard_bytes:
+            self._flush()
+
     def add_all(self, items: Iterable[tuple[str, torch.Tensor]]) -> None:
         for name, tensor in items:
             self.add(name, tensor)
