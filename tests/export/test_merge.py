@@ -14,7 +14,7 @@ from vlft.model.layouts import Layout, detect_layout, read_safetensors_dir
 
 
 def _quiet(_):
-    pass
+    """A `log` callback that prints nothing."""
 
 
 def _lines(output: str) -> list[str]:
