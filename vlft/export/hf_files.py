@@ -15,6 +15,7 @@ from vlft.data.templates import INTERNVL_IMAGE_PLACEHOLDER, LLAVA_IMAGE_PLACEHOL
 from vlft.data.tiling import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, TilingSpec
 from vlft.errors import CheckpointError, ConfigError
 from vlft.export.writers import DTYPES
+from vlft.model.layouts import read_versioned_record
 from vlft.model.vlm import VisionLanguageModel, VLMInfo
 
 #: vlft's description of a merged/converted directory (template, tiling, provenance).
@@ -209,17 +210,10 @@ def write_model_record(out: Path, record: dict) -> None:
 
 def read_model_record(path: str | Path) -> dict:
     """The record `vlft merge`/`vlft convert` wrote; CheckpointError (one line) when absent or damaged."""
-    file = Path(path) / MODEL_RECORD
-    if not file.is_file():
-        raise CheckpointError(f"{path}: no {MODEL_RECORD}, so vlft did not write this directory; give a training "
-                              "checkpoint or the output of `vlft merge` / `vlft convert`")
-    try:
-        record = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file}: damaged ({exc})") from None
-    if record.get("format_version") != RECORD_VERSION:
-        raise CheckpointError(f"{file}: format_version {record.get('format_version')} is not {RECORD_VERSION}")
-    return record
+    return read_versioned_record(
+        Path(path) / MODEL_RECORD, RECORD_VERSION,
+        f"{path}: no {MODEL_RECORD}, so vlft did not write this directory; give a training "
+        "checkpoint or the output of `vlft merge` / `vlft convert`")
 
 
 def exported_spec(path: str | Path, record: dict | None = None, *, dtype: str | None = None,

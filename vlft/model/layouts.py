@@ -59,6 +59,20 @@ def detect_layout(path: str | Path) -> Layout:
         "InternVL or LLaVA, original InternVL-chat, a vision encoder + an LLM, or a vlft checkpoint")
 
 
+def read_versioned_record(file: Path, version: int, missing: str) -> dict:
+    """A JSON record vlft wrote into a directory; CheckpointError (one line) if absent, damaged or of
+    another format version. `missing` is the message when the file is absent."""
+    if not file.is_file():
+        raise CheckpointError(missing)
+    try:
+        record = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file}: damaged ({exc})") from None
+    if record.get("format_version") != version:
+        raise CheckpointError(f"{file}: format_version {record.get('format_version')} is not {version}")
+    return record
+
+
 def safetensors_files(path: str | Path) -> list[Path]:
     path = Path(path)
     files = sorted(path.glob("*.safetensors"))

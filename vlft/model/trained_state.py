@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from vlft.errors import CheckpointError
-from vlft.model.layouts import CHECKPOINT_MARKER
+from vlft.model.layouts import CHECKPOINT_MARKER, read_versioned_record
 from vlft.model.vlm import VisionLanguageModel, VLMInfo
 
 FORMAT_VERSION = 1
@@ -64,17 +64,10 @@ def save_trained_state(model: VisionLanguageModel, out_dir: str | Path, *, meta:
 
 
 def read_checkpoint_meta(ckpt_dir: str | Path) -> dict:
-    marker = Path(ckpt_dir) / CHECKPOINT_MARKER
-    if not marker.is_file():
-        raise CheckpointError(f"{ckpt_dir}: not a vlft checkpoint (no {CHECKPOINT_MARKER}); "
-                              "give a directory written by `vlft train`, e.g. work_dir/checkpoint-100")
-    try:
-        meta = json.loads(marker.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{marker}: damaged ({exc})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{marker}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
-    return meta
+    return read_versioned_record(
+        Path(ckpt_dir) / CHECKPOINT_MARKER, FORMAT_VERSION,
+        f"{ckpt_dir}: not a vlft checkpoint (no {CHECKPOINT_MARKER}); "
+        "give a directory written by `vlft train`, e.g. work_dir/checkpoint-100")
 
 
 def load_trained_state(model: VisionLanguageModel, ckpt_dir: str | Path) -> None:
