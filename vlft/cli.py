@@ -123,9 +123,10 @@ def check_data(config, overrides, cfg_options):
 @click.argument("checkpoint", type=click.Path(file_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
+@click.option("--max-shard-size", default="2GB", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @user_errors
-def merge(checkpoint, out, dtype, overwrite):
+def merge(checkpoint, out, dtype, max_shard_size, overwrite):
     """Fold a training CHECKPOINT's LoRA and connector into the full-precision base; write OUT.
 
     \b
@@ -135,7 +136,7 @@ def merge(checkpoint, out, dtype, overwrite):
     _quiet_libraries()
     from vlft.export.merge import merge_checkpoint
 
-    merge_checkpoint(checkpoint, out, dtype=dtype, overwrite=overwrite)
+    merge_checkpoint(checkpoint, out, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite)
 
 
 @main.command()

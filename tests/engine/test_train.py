@@ -123,6 +123,7 @@ def test_plain_torch_without_deepspeed(tiny):
                                        "--cfg-options", "data.packing=True"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "plain torch (AdamW)" in result.output and "packed rows per step" in result.output
+    assert "note: with eager attention a packed row of" in result.output
     curve = losses(work)
     assert len(curve) == 8 and curve[-1] < curve[0]
     assert (work / "checkpoint-8" / "optimizer.pt").is_file()

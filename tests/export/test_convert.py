@@ -287,7 +287,7 @@ def test_convert_disk_full_leaves_no_out(train_ckpt, tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writers, "_save_shard", disk_full)
+    monkeypatch.setattr(writers, "_write_shard", disk_full)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["convert", str(train_ckpt("internvl_lora")), str(out), "--to", "hf"])
     assert result.exit_code == 2

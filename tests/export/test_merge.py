@@ -100,6 +100,25 @@ def test_bf16_merge_is_the_fp32_merge_rounded(train_ckpt, merged_fp32, tmp_path)
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
 
 
+def test_cli_merge_shards_as_asked_and_writes_the_same_tensors(train_ckpt, merged_fp32, tmp_path):
+    out = tmp_path / "sharded"
+    result = CliRunner().invoke(main, ["merge", str(train_ckpt("internvl_lora")), str(out), "--dtype", "fp32",
+                                       "--max-shard-size", "20KB"])
+    assert result.exit_code == 0, result.output
+    shards = sorted(out.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and not (out / "model.safetensors").exists()
+    assert all(shard.stat().st_size < 20_000 + 4096 or len(_shard_names(shard)) == 1 for shard in shards)
+    whole, sharded = read_safetensors_dir(merged_fp32("internvl_lora")), read_safetensors_dir(out)
+    assert set(whole) == set(sharded) and all(torch.equal(whole[name], sharded[name]) for name in whole)
+
+
+def _shard_names(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return list(handle.keys())
+
+
 def test_merge_of_an_internvl_chat_base_keeps_its_remote_code(train_ckpt, merged_fp32, tiny_base):
     out = merged_fp32("chat_internlm2_lora")
     assert detect_layout(out) is Layout.HF_INTERNVL  # InternLM2 is Llama-layout in the native form
@@ -146,7 +165,7 @@ def test_overwrite_replaces_out_only_once_the_new_one_is_complete(tmp_path, trai
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writers, "_save_shard", disk_full)
+    monkeypatch.setattr(writers, "_write_shard", disk_full)
     with pytest.raises(ExportError) as failure:
         merge_checkpoint(ckpt, out, overwrite=True, log=_quiet)
     assert len(str(failure.value).splitlines()) == 1 and "No space left on device" in str(failure.value)
@@ -161,14 +180,14 @@ def test_overwrite_replaces_out_only_once_the_new_one_is_complete(tmp_path, trai
 def test_disk_full_leaves_no_out(tmp_path, train_ckpt, monkeypatch):
     calls = []
 
-    def full_on_second_shard(tensors, path, metadata):
+    def full_on_second_shard(data_path, path, header):
         calls.append(path)
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(tensors, path, metadata)
+        return original(data_path, path, header)
 
-    original = writers._save_shard
-    monkeypatch.setattr(writers, "_save_shard", full_on_second_shard)
+    original = writers._write_shard
+    monkeypatch.setattr(writers, "_write_shard", full_on_second_shard)
     out = tmp_path / "merged"
     with pytest.raises(ExportError, match="No space left on device"):
         merge_checkpoint(train_ckpt("internvl_lora"), out, max_shard_size="20KB", log=_quiet)

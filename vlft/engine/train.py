@@ -126,6 +126,11 @@ def train(spec: ExperimentSpec, *, resume: str | None = None,
         say(f"steps: {total_steps} ({steps_per_epoch} per epoch, {total_steps / steps_per_epoch:.2f} epochs), "
             f"warmup {warmup_steps}")
         say(plans.token_budget(steps_per_epoch))
+        if spec.data.packing and spec.model.attn_implementation != "flash_attention_2":
+            row = spec.data.packed_row_length
+            say(f"note: with {spec.model.attn_implementation} attention a packed row of {row} tokens attends as "
+                f"one {row}x{row} block under a mask; flash_attention_2 attends per sample, and a shorter "
+                "data.pack_length costs less (tools/bench/README.md)")
 
         # ---- optimizer (per-part learning rates), warmup + cosine schedule, engine
         groups = param_groups(model, schedule)

@@ -4,7 +4,7 @@ native layout, which is the transformers "-hf" layout plus ``vlft_model.json``.
 A QLoRA run's base is reloaded unquantized (merging into 4-bit weights would round the update away) and
 the same adapter is merged into it. For a whole base (transformers-native or InternVL-chat) the merge is
 streamed (vlft.export.streaming): the base is read tensor by tensor, each LoRA layer merged by peft on its
-own, and the shard writer holds one shard at a time. A base composed from parts, and `convert --verify`,
+own, and the shard writer keeps no tensor once it is on disk. A base composed from parts, and `convert --verify`,
 which needs the model anyway, merge in memory (merge_training_checkpoint), whose output the streamed one
 equals tensor for tensor.
 
@@ -32,7 +32,7 @@ from vlft.export.hf_files import (MODEL_RECORD, export_template, exported_spec, 
                                   read_model_record, training_tiling, write_generation_config, write_model_record,
                                   write_tokenizer)
 from vlft.export.staging import check_output, staged_output
-from vlft.export.writers import ShardReport, ShardWriter, human_size, parse_size, torch_dtype
+from vlft.export.writers import ShardReport, human_size, parse_size, torch_dtype, write_sharded
 from vlft.model.layouts import CHECKPOINT_MARKER, Layout, detect_layout
 from vlft.model.vlm import VisionLanguageModel
 
@@ -60,7 +60,7 @@ class MergedModel:
     def family(self) -> str:
         return self.model.info.family
 
-    def items(self, make_room=None):
+    def items(self):
         return export_items(self.model)
 
     def config(self, *, dtype: str):
@@ -86,13 +86,13 @@ class StreamedMerge:
     def family(self) -> str:
         return self.info.family
 
-    def items(self, make_room=None):
-        """See merged_items; make_room(numel, dtype) is called before each base tensor is loaded."""
+    def items(self):
+        """See merged_items."""
         from vlft.export.streaming import merged_items
         from vlft.model.load import torch_dtype as model_dtype
 
         return merged_items(self.checkpoint, self.base, model_dtype=model_dtype(self.spec.model.dtype),
-                            vision_type=self.vision_config.model_type, make_room=make_room)
+                            vision_type=self.vision_config.model_type)
 
     def config(self, *, dtype: str):
         return official_config_of(self.text_config, self.vision_config, self.info,
@@ -246,9 +246,7 @@ def model_record(merged: MergedModel | StreamedMerge, *, dtype: str, layout: str
 def write_native(out: Path, merged: MergedModel | StreamedMerge, *, dtype: str,
                  max_shard_size: str | int) -> ShardReport:
     """Weights, config.json, generation_config.json, tokenizer + chat template, vlft_model.json."""
-    writer = ShardWriter(out, max_shard_bytes=parse_size(max_shard_size), dtype=torch_dtype(dtype))
-    writer.add_all(merged.items(make_room=writer.make_room))
-    report = writer.close()
+    report = write_sharded(merged.items(), out, dtype=dtype, max_shard_size=max_shard_size)
     merged.config(dtype=dtype).save_pretrained(str(out))
     template = export_template(merged.spec, merged.family)
     write_generation_config(out, merged.tokenizer, template)

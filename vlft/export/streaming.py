@@ -1,4 +1,4 @@
-"""Merge a training checkpoint into its base tensor by tensor, so only one shard and one layer are in memory.
+"""Merge a training checkpoint into its base tensor by tensor, so only one tensor and one LoRA layer are in memory.
 
 The base's safetensors are read one tensor at a time (an InternVL-chat base is mapped to native names on
 the way, see vlft.model.internvl_chat_layout.iter_chat_to_native); each tensor is cast to the dtype the
@@ -12,7 +12,6 @@ using peft features that change more than the target's weight (``lora_bias``, ``
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,11 +29,6 @@ _SAVED_PREFIXES = (("model.language_model.", "language_model.model."), ("lm_head
 _EMBED = "language_model.model.embed_tokens.weight"
 _LM_HEAD = "language_model.lm_head.weight"
 _PEFT_PREFIX = "base_model.model."
-#: safetensors header dtypes -> torch (what make_room needs to size a tensor before it is loaded).
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
-
 
 class NotStreamable(Exception):
     """This checkpoint needs the in-memory merge (the message says why)."""
@@ -84,13 +78,12 @@ def base_configs(base: Path, info) -> tuple[object, object]:
 # Reading the base
 
 
-def _iter_files(files: list[Path], make_room=None) -> Iterator[tuple[str, torch.Tensor]]:
+def _iter_files(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     """Each file's tensors in order, each from a handle of its own.
 
     A safetensors handle maps its file, and every page read through it stays in the process's RSS until
     the handle closes; reading a whole 2 GB base shard through one handle costs 2 GB. The tensor keeps only
-    its own pages mapped after its handle closes, until the shard writer drops it. ``make_room(numel,
-    dtype)``, when given, is called before each tensor is loaded.
+    its own pages mapped after its handle closes, until the shard writer has written it.
     """
     from safetensors import safe_open
 
@@ -99,15 +92,11 @@ def _iter_files(files: list[Path], make_room=None) -> Iterator[tuple[str, torch.
             names = list(handle.keys())
         for name in names:
             with safe_open(str(file), framework="pt") as handle:
-                if make_room is not None:
-                    header = handle.get_slice(name)
-                    make_room(math.prod(header.get_shape()), _SAFETENSORS_DTYPES.get(header.get_dtype(),
-                                                                                     torch.float32))
                 tensor = handle.get_tensor(name)
             yield name, tensor
 
 
-def base_items(base: Path, make_room=None) -> Iterator[tuple[str, torch.Tensor]]:
+def base_items(base: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """(vlft state-dict name, tensor) of the base as stored, one tensor at a time.
 
     A tied LM head is absent from an "-hf" base (merged_items adds it from the final embeddings);
@@ -118,9 +107,9 @@ def base_items(base: Path, make_room=None) -> Iterator[tuple[str, torch.Tensor]]
         from vlft.model.internvl_chat_layout import iter_chat_to_native
 
         chat_config = json.loads((base / "config.json").read_text())
-        yield from iter_chat_to_native(_iter_files(files, make_room), chat_config)
+        yield from iter_chat_to_native(_iter_files(files), chat_config)
         return
-    for key, tensor in _iter_files(files, make_room):
+    for key, tensor in _iter_files(files):
         for saved, ours in _SAVED_PREFIXES:
             if key.startswith(saved):
                 key = ours + key.removeprefix(saved)
@@ -187,12 +176,9 @@ def _flat_vision(path: str) -> str:
 # The merged stream
 
 
-def merged_items(checkpoint: Path, base: Path, *, model_dtype: torch.dtype, vision_type: str, make_room=None,
+def merged_items(checkpoint: Path, base: Path, *, model_dtype: torch.dtype, vision_type: str,
                  ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(exported name, tensor) of the merged model: base tensors in `model_dtype`, LoRA folded, trained ones in.
-
-    make_room: the shard writer's ``make_room``, called before each base tensor is loaded.
-    """
+    """(exported name, tensor) of the merged model: base tensors in `model_dtype`, LoRA folded, trained ones in."""
     from safetensors import safe_open
 
     from vlft.export.merge import NESTED_VISION_TYPES
@@ -205,7 +191,7 @@ def merged_items(checkpoint: Path, base: Path, *, model_dtype: torch.dtype, visi
         embed = None
         keep_embed = not _stores_head(base)  # the head is written from the final embeddings at the end
         seen = set()
-        for name, tensor in base_items(base, make_room):
+        for name, tensor in base_items(base):
             name = _flat_name(name)
             if name in trained:
                 key = trained.pop(name)

@@ -1,16 +1,23 @@
 """Stream (name, tensor) pairs into size-capped safetensors shards plus ``model.safetensors.index.json``.
 
-The writer never holds more than one shard of cast tensors: each tensor is cast to the target dtype as it
-arrives, buffered until the next one would overflow the shard, then the shard is written and the buffer
-dropped. Shards get temporary names while the count is unknown and are renamed at the end
-(``model-00001-of-00003.safetensors``; a single shard is ``model.safetensors``). The index is written in
-every case and lists every tensor, so readers that follow the index and readers that glob both work.
+Memory does not grow with the shard: each tensor is cast to the target dtype as it arrives and its bytes go
+straight to the shard's data file, so the writer holds no tensor after ``add`` returns. A safetensors file
+puts its header (names, dtypes, shapes, offsets) in front of the data, and the header is known only once
+the shard is complete; the shard is then assembled as header + data by an in-kernel file copy. Shards get
+temporary names while the count is unknown and are renamed at the end (``model-00001-of-00003.safetensors``;
+a single shard is ``model.safetensors``). The index is written in every case and lists every tensor, so
+readers that follow the index and readers that glob both work. safetensors itself reads every file back
+in the tests (tests/export/test_writers.py).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
+import struct
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,17 +76,44 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+#: torch dtype -> the safetensors header's name for it.
+SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
+                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                      torch.uint8: "U8", torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3",
+                      torch.float8_e5m2: "F8_E5M2"}
 
 
-def _save_shard(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write one shard (the seam tests replace to simulate a full disk)."""
-    from safetensors.torch import save_file
+def safetensors_header(entries: dict[str, dict], metadata: dict[str, str]) -> bytes:
+    """The 8-byte length and the JSON header of a safetensors file, padded with spaces to 8-byte alignment
+    (as safetensors pads it, so the data that follows stays aligned for zero-copy loading)."""
+    text = json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
 
-    save_file(tensors, str(path), metadata=metadata)
+
+def _tensor_bytes_view(tensor: torch.Tensor) -> memoryview:
+    """The tensor's bytes in memory order, without a copy (safetensors stores little-endian data)."""
+    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+
+
+def _append_file(destination, source) -> None:
+    """Append all of `source` to `destination` (open binary files), in the kernel where it can."""
+    destination.flush()
+    copied = 0
+    try:
+        while chunk := os.copy_file_range(source.fileno(), destination.fileno(), 1 << 30):
+            copied += chunk
+    except OSError as error:  # not across these filesystems, or not on this kernel
+        if copied or error.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        shutil.copyfileobj(source, destination, 16 << 20)
+
+
+def _write_shard(data_path: Path, path: Path, header: bytes) -> None:
+    """Write one shard file: `header`, then the data written so far (the seam tests replace to fill the disk)."""
+    with open(path, "wb") as shard, open(data_path, "rb") as data:
+        shard.write(header)
+        _append_file(shard, data)
 
 
 @dataclass
@@ -97,7 +131,7 @@ class ShardReport:
 
 
 class ShardWriter:
-    """Add tensors one by one; ``close()`` flushes, names the shards and writes the index.
+    """Add tensors one by one; ``close()`` writes the last shard, names the shards and writes the index.
 
     Args:
         out_dir: an existing directory (the export's staging directory).
@@ -108,63 +142,61 @@ class ShardWriter:
 
     def __init__(self, out_dir: str | Path, *, max_shard_bytes: int, dtype: torch.dtype | None,
                  metadata: dict[str, str] | None = None):
+        if sys.byteorder != "little":
+            raise RuntimeError("safetensors files are little-endian; this machine is not")
         self.out_dir = Path(out_dir)
         self.max_shard_bytes = int(max_shard_bytes)
         self.dtype = dtype
         self.metadata = {"format": "pt", **(metadata or {})}
-        self._buffer: dict[str, torch.Tensor] = {}
-        self._buffer_bytes = 0
-        self._storages: set[int] = set()  # storages already in the buffer (tied weights share one)
+        self._entries: dict[str, dict] = {}  # the open shard's header entries, in data order
+        self._data = None                    # the open shard's data file
+        self._data_bytes = 0
         self._parts: list[tuple[Path, list[str], int]] = []  # (temporary file, names, bytes)
         self._seen: set[str] = set()
         self._parameters = 0
         self._closed = False
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Write `tensor` (cast) to the open shard, or to a new one if it would overflow; keeps no reference."""
         if self._closed:
             raise RuntimeError("ShardWriter is closed")
         if name in self._seen:
             raise ValueError(f"tensor {name!r} written twice")
-        self._seen.add(name)
         tensor = tensor.detach()
         if self.dtype is not None and tensor.is_floating_point() and tensor.dtype != self.dtype:
             tensor = tensor.to(self.dtype)
         tensor = tensor.to("cpu").contiguous()
+        if tensor.dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"tensor {name!r}: safetensors has no dtype {tensor.dtype}")
         size = tensor_bytes(tensor)
-        if self._buffer and self._buffer_bytes + size > self.max_shard_bytes:
+        if self._entries and self._data_bytes + size > self.max_shard_bytes:
             self._flush()
-        storage = tensor.untyped_storage().data_ptr()
-        if storage in self._storages:  # safetensors refuses two names on one storage
-            tensor = tensor.clone()
-            storage = tensor.untyped_storage().data_ptr()
-        self._storages.add(storage)
-        self._buffer[name] = tensor
-        self._buffer_bytes += size
+        if self._data is None:
+            self._data = open(self._data_path(len(self._parts) + 1), "wb")
+        self._data.write(_tensor_bytes_view(tensor))
+        self._entries[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                               "data_offsets": [self._data_bytes, self._data_bytes + size]}
+        self._data_bytes += size
+        self._seen.add(name)
         self._parameters += tensor.numel()
-
-    def make_room(self, numel: int, dtype: torch.dtype) -> None:
-        """Flush now if a tensor of `numel` elements (`dtype` before the cast) would overflow the shard.
-
-        A streaming caller calls it before it loads the tensor, so the full shard is written before the
-        next tensor is in memory (what `add` decides alone, it decides with the tensor loaded).
-        """
-        if self.dtype is not None and dtype.is_floating_point:
-            dtype = self.dtype
-        size = numel * dtype.itemsize
-        if self._buffer and self._buffer_bytes + size > self.max_shard_bytes:
-            self._flush()
 
     def add_all(self, items: Iterable[tuple[str, torch.Tensor]]) -> None:
         for name, tensor in items:
             self.add(name, tensor)
 
+    def _data_path(self, number: int) -> Path:
+        return self.out_dir / f".shard-{number:05d}.data"
+
     def _flush(self) -> None:
-        if not self._buffer:
+        if not self._entries:
             return
-        path = self.out_dir / f".shard-{len(self._parts) + 1:05d}.safetensors"
-        _save_shard(self._buffer, path, self.metadata)
-        self._parts.append((path, list(self._buffer), self._buffer_bytes))
-        self._buffer, self._buffer_bytes, self._storages = {}, 0, set()
+        number = len(self._parts) + 1
+        self._data.close()
+        path = self.out_dir / f".shard-{number:05d}.safetensors"
+        _write_shard(self._data_path(number), path, safetensors_header(self._entries, self.metadata))
+        self._data_path(number).unlink()
+        self._parts.append((path, list(self._entries), self._data_bytes))
+        self._entries, self._data, self._data_bytes = {}, None, 0
 
     def close(self) -> ShardReport:
         """Write the last shard, give every shard its final name, write the index."""
@@ -174,11 +206,9 @@ class ShardWriter:
             raise ValueError("no tensors were written")
         count = len(self._parts)
         report = ShardReport()
-        mode = _file_mode()
         for i, (path, names, size) in enumerate(self._parts, start=1):
             final = SINGLE_NAME if count == 1 else f"model-{i:05d}-of-{count:05d}.safetensors"
             path.rename(self.out_dir / final)
-            (self.out_dir / final).chmod(mode)  # safetensors writes 0600 files; give them the usual umask mode
             report.shard_bytes[final] = size
             report.total_bytes += size
             report.weight_map.update(dict.fromkeys(names, final))
