@@ -16,6 +16,7 @@ whose peak RSS is read from the kernel (`os.wait4` ru_maxrss) and cross-checked 
     python tools/bench/bench_merge_memory.py                       # in a temp dir under /tmp
     python tools/bench/bench_merge_memory.py --work-dir /data/b    # elsewhere (needs ~14 GB free)
     python tools/bench/bench_merge_memory.py --repeat 2            # round-robin twice (noisy machines)
+    python tools/bench/bench_merge_memory.py --tiny                # toy sizes: does the script still run?
 
 Everything written is deleted at the end (outputs right after they are measured), so at most the base,
 the checkpoint and one output (~9 GB) are on disk at once.
@@ -43,6 +44,12 @@ TEXT = dict(model_type="llama", hidden_size=2048, num_hidden_layers=24, num_atte
             attention_bias=False, tie_word_embeddings=False, rope_parameters={"rope_type": "default",
                                                                               "rope_theta": 1000000.0})
 
+#: --tiny: the same layout at toy sizes, so the test suite can run the whole benchmark in seconds.
+TINY_VISION = {**VISION, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "intermediate_size": 128, "image_size": 56}
+TINY_TEXT = {**TEXT, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "intermediate_size": 128}
+
 # Internal module paths of InternVLForConditionalGeneration -> the "-hf" checkpoint names.
 _LEGACY = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
            ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector."))
@@ -55,7 +62,7 @@ def _legacy_name(name: str) -> str:
     return name
 
 
-def make_base(out: Path) -> Path:
+def make_base(out: Path, tiny: bool = False) -> Path:
     """Stream a random bf16 InternVL2-2B-shaped checkpoint to `out`; one tensor in memory at a time."""
     import torch
     from transformers import InternVLConfig, InternVLForConditionalGeneration
@@ -64,8 +71,10 @@ def make_base(out: Path) -> Path:
     from vlft.tiny.tokenizer import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer(out, family="internvl", chat_style="chatml")
-    config = InternVLConfig(vision_config=VISION, text_config=TEXT, image_token_id=tokenizer.context_image_token_id,
-                            downsample_ratio=0.5, image_seq_length=256, vision_feature_layer=-1,
+    vision, text = (TINY_VISION, TINY_TEXT) if tiny else (VISION, TEXT)
+    patches = (vision["image_size"] // vision["patch_size"]) ** 2
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.context_image_token_id,
+                            downsample_ratio=0.5, image_seq_length=patches // 4, vision_feature_layer=-1,
                             tie_word_embeddings=False)
     config.text_config.tie_word_embeddings = False
     config.architectures = ["InternVLForConditionalGeneration"]
@@ -176,7 +185,9 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=None, help="Where to write (default: a temp dir).")
     parser.add_argument("--keep", action="store_true", help="Keep what was written (default: delete it).")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="Rounds of all three (round-robin); the table shows the highest peak and the fastest wall.")
+                        help="Rounds of all contenders (round-robin); the table shows the highest peak and the fastest "
+                             "wall.")
+    parser.add_argument("--tiny", action="store_true", help="Toy sizes: a smoke test of the script, no figures.")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="vlft-bench-merge-", dir=args.work_dir))
@@ -185,7 +196,8 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         # Each setup step in its own process, so its memory is gone before the measurements.
-        subprocess.run([python, __file__, "--_make-base", str(root / "base")], env=env, check=True)
+        subprocess.run([python, __file__, "--_make-base", str(root / "base"), *(["--tiny"] if args.tiny else [])],
+                       env=env, check=True)
         subprocess.run([python, __file__, "--_make-ckpt", str(root / "base"), str(root / "ckpt")], env=env, check=True)
         base_bytes, _, _ = dir_stats(root / "base")
         print(f"setup: base {base_bytes / 1e9:.2f} GB bf16 + LoRA checkpoint in {time.perf_counter() - t0:.0f} s")
@@ -213,19 +225,20 @@ def main() -> None:
                               "sampled_rss": max(result["sampled_rss"], old["sampled_rss"]),
                               "wall": min(result["wall"], old["wall"])}
                 best[label] = (result, total, largest, files)
-        print_table([(label, *values) for label, values in best.items()], base_bytes, args.repeat)
+        print_table([(label, *values) for label, values in best.items()], base_bytes, args.repeat, args.tiny)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def print_table(rows, model_bytes: int, repeat: int) -> None:
+def print_table(rows, model_bytes: int, repeat: int, tiny: bool) -> None:
     import peft
     import torch
     import transformers
 
     peer_peak = rows[-1][1]["peak_rss"]
-    print(f"\nInternVL2-2B shapes, bf16 weights {model_bytes / 1e9:.2f} GB ({model_bytes / GiB:.2f} GiB); "
+    shapes = "tiny shapes (smoke test, no figures)" if tiny else "InternVL2-2B shapes"
+    print(f"\n{shapes}, bf16 weights {model_bytes / 1e9:.2f} GB ({model_bytes / GiB:.2f} GiB); "
           f"{platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}, transformers "
           f"{transformers.__version__}, peft {peft.__version__}; {repeat} round(s)\n")
     header = (f"{'':44} {'peak RSS':>9} {'(sampled)':>10} {'RSS/model':>9} {'vs peer':>8} {'RSS/shard':>9} "
@@ -244,7 +257,7 @@ def print_table(rows, model_bytes: int, repeat: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--_make-base":
-        make_base(Path(sys.argv[2]))
+        make_base(Path(sys.argv[2]), tiny="--tiny" in sys.argv[3:])
     elif len(sys.argv) > 3 and sys.argv[1] == "--_make-ckpt":
         make_checkpoint(Path(sys.argv[2]), Path(sys.argv[3]))
     else:

@@ -1,0 +1,45 @@
+"""The benchmarks under tools/bench still run (tiny sizes, CPU), so they do not rot between measurements.
+
+They run as child processes because they set process-wide state (torch threads, DeepSpeed's environment).
+No figure is asserted: timings belong to the benchmarks, never to tests.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench"
+
+
+def _run(script: str, *args: str) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_gpu_script_runs_tiny_on_cpu():
+    output = _run("gpu_lora.py", "--tiny", "--steps", "2", "--warmup-steps", "1")
+    assert "gpu_lora: tiny (CPU smoke test) on CPU" in output
+    for line in ("tokens/s", "model TFLOP/s", "MFU", "peak GPU memory"):
+        assert line in output, line
+
+
+def test_preprocess_bench_compares_pixels_on_a_few_images():
+    output = _run("bench_preprocess.py", "--images", "3", "--max-tiles", "4", "--tile", "112")
+    assert "grids equal, pixels bit-identical" in output
+    assert "ratio" in output
+
+
+def test_merge_memory_bench_runs_at_toy_sizes():
+    output = _run("bench_merge_memory.py", "--tiny")
+    assert "tiny shapes (smoke test, no figures)" in output
+    for contender in ("vlft merge (bf16)", "vlft convert --to hf (1GB shards)", "peer: transformers + peft"):
+        assert contender in output, contender
+
+
+def test_train_bench_runs_on_a_handful_of_samples():
+    output = _run("bench_train.py", "--samples", "8", "--micro-batch", "2", "--accumulation", "1", "--pack-rows", "1")
+    for contender in ("transformers Trainer + peft, padding", "vlft, padding", "vlft, packing"):
+        assert contender in output, contender
