@@ -54,6 +54,10 @@ def detect_layout(path: str | Path) -> Layout:
         return Layout.VISION
     if model_type in LLM_TYPES:
         return Layout.LLM
+    if model_type == "llava_next":
+        raise CheckpointError(
+            f"{path}: a LLaVA-NeXT model (model_type 'llava_next'), which vlft does not train yet: its unpadded "
+            "AnyRes features with newline tokens are not implemented; LLaVA-1.5 (model_type 'llava') is supported")
     raise CheckpointError(
         f"{path}: unknown model layout (config.json model_type={model_type!r}); supported: transformers-native "
         "InternVL or LLaVA, original InternVL-chat, a vision encoder + an LLM, or a vlft checkpoint")
