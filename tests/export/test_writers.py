@@ -119,6 +119,30 @@ def test_copy_falls_back_where_the_kernel_cannot_copy(tmp_path, monkeypatch):
     assert all(torch.equal(loaded[name], tensor) for name, tensor in tensors.items())
 
 
+def test_copy_falls_back_where_the_kernel_copies_nothing(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "copy_file_range", lambda *args: 0)
+    tensors = _mixed_tensors()
+    write_sharded(tensors.items(), tmp_path, dtype=None)
+    loaded = load_file(str(tmp_path / SINGLE_NAME))
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in tensors.items())
+
+
+def test_a_copy_that_stops_halfway_is_an_error_not_a_short_file(tmp_path, monkeypatch):
+    import os
+
+    real, calls = os.copy_file_range, []
+
+    def eight_bytes_then_nothing(source, destination, count):
+        calls.append(count)
+        return real(source, destination, 8) if len(calls) == 1 else 0
+
+    monkeypatch.setattr(os, "copy_file_range", eight_bytes_then_nothing)
+    with pytest.raises(OSError, match="copied 8 of 64 bytes"):
+        write_sharded([("w", torch.ones(16))], tmp_path, dtype=None)
+
+
 def test_files_take_the_umask_mode(tmp_path):
     import os
 

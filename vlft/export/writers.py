@@ -96,24 +96,31 @@ def _tensor_bytes_view(tensor: torch.Tensor) -> memoryview:
     return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
 
 
-def _append_file(destination, source) -> None:
-    """Append all of `source` to `destination` (open binary files), in the kernel where it can."""
+def _append_file(destination, source, size: int) -> None:
+    """Append the `size` bytes of `source` to `destination` (open binary files), in the kernel where it can."""
     destination.flush()
     copied = 0
     try:
-        while chunk := os.copy_file_range(source.fileno(), destination.fileno(), 1 << 30):
+        while copied < size:
+            chunk = os.copy_file_range(source.fileno(), destination.fileno(), min(size - copied, 1 << 30))
+            if chunk == 0:  # some filesystems answer 0 instead of an error
+                break
             copied += chunk
     except OSError as error:  # not across these filesystems, or not on this kernel
         if copied or error.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
-        shutil.copyfileobj(source, destination, 16 << 20)
+    if copied == size:
+        return
+    if copied:
+        raise OSError(errno.EIO, f"copied {copied} of {size} bytes into {destination.name}")
+    shutil.copyfileobj(source, destination, 16 << 20)
 
 
 def _write_shard(data_path: Path, path: Path, header: bytes) -> None:
     """Write one shard file: `header`, then the data written so far (the seam tests replace to fill the disk)."""
     with open(path, "wb") as shard, open(data_path, "rb") as data:
         shard.write(header)
-        _append_file(shard, data)
+        _append_file(shard, data, data_path.stat().st_size)
 
 
 @dataclass
