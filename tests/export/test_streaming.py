@@ -7,7 +7,7 @@ import torch
 
 from tests.export.conftest import CHECKPOINTS, build_train_checkpoint
 from vlft.export import merge_checkpoint
-from vlft.export.convert import write_hf
+from vlft.export.convert import convert_checkpoint, write_hf, write_internvl_chat
 from vlft.export.merge import StreamedMerge, merge_training_checkpoint, streamed_merge
 from vlft.export.streaming import NotStreamable
 from vlft.model.layouts import read_safetensors_dir
@@ -104,7 +104,7 @@ def test_streamed_merge_equals_the_in_memory_merge_for_dora_and_vision_lora(base
     _assert_same_export(streamed, oracle)
 
 
-def test_streamed_merge_into_small_shards_flushes_before_loading_the_next_tensor(train_ckpt, tmp_path):
+def test_streamed_merge_into_small_shards_keeps_every_shard_under_the_cap(train_ckpt, tmp_path):
     from vlft.export import writers
 
     ckpt = train_ckpt("chat_internlm2_lora")
@@ -120,3 +120,28 @@ def test_streamed_merge_into_small_shards_flushes_before_loading_the_next_tensor
     write_hf(tmp_path / "oracle", merge_training_checkpoint(ckpt), dtype="fp32", max_shard_size="2GB")
     oracle = read_safetensors_dir(tmp_path / "oracle")
     assert set(state) == set(oracle) and all(torch.equal(state[n], oracle[n]) for n in oracle)
+
+
+@pytest.mark.parametrize("name", ["internvl_lora", "internvl_qlora", "chat_internlm2_lora", "chat_qwen2_lora"])
+def test_streamed_internvl_chat_export_equals_the_in_memory_one(name, train_ckpt, tmp_path):
+    ckpt = train_ckpt(name)
+    (tmp_path / "streamed").mkdir(), (tmp_path / "oracle").mkdir()
+    _, streamed_warnings = write_internvl_chat(tmp_path / "streamed", streamed_merge(ckpt), dtype="bf16",
+                                               max_shard_size="2GB")
+    _, oracle_warnings = write_internvl_chat(tmp_path / "oracle", merge_training_checkpoint(ckpt), dtype="bf16",
+                                             max_shard_size="2GB")
+    assert streamed_warnings == oracle_warnings
+    _assert_same_export(tmp_path / "streamed", tmp_path / "oracle")
+    assert any(key.startswith("mlp1.") for key in read_safetensors_dir(tmp_path / "streamed"))
+
+
+def test_convert_to_internvl_chat_without_verify_streams(train_ckpt, tmp_path, monkeypatch):
+    import vlft.export.merge as merge
+
+    def no_model(_):
+        raise AssertionError("the in-memory merge ran")
+
+    monkeypatch.setattr(merge, "merge_training_checkpoint", no_model)
+    out = convert_checkpoint(train_ckpt("chat_internlm2_lora"), tmp_path / "chat", target="internvl-chat",
+                             verify=False, log=lambda _: None)
+    assert json.loads((out / "config.json").read_text())["template"] == "internlm2-chat"

@@ -247,6 +247,32 @@ def test_streaming_matches_dict_and_buffers_only_the_layer_in_flight(native_mode
     assert all(torch.equal(streamed_back[k], back[k]) for k in back)
 
 
+def test_an_untied_model_does_not_hold_its_embeddings_while_streaming(native_models):
+    import gc
+    import weakref
+
+    state, config, _ = native_models["llama"]
+    embed_key = "language_model.model.embed_tokens.weight"
+    assert list(state).index(embed_key) < len(state) - 1
+    embed = {}
+
+    def source():
+        for key, tensor in state.items():
+            tensor = tensor.clone()  # ours alone, so the weakref dies when the converter lets go
+            if key == embed_key:
+                embed["ref"] = weakref.ref(tensor)
+            yield key, tensor
+
+    after_embed = 0
+    for key, tensor in iter_native_to_chat(source(), config, llm_arch="internlm2"):
+        del tensor
+        if "ref" in embed and not key.startswith("language_model.model.tok_embeddings"):
+            gc.collect()
+            assert embed["ref"]() is None, f"the embeddings are still held when {key} comes out"
+            after_embed += 1
+    assert after_embed > 0
+
+
 def test_key_helpers():
     assert chat_key_to_native("mlp1.3.bias", llm_arch="qwen2") == ("multi_modal_projector.linear_2.bias",)
     assert chat_key_to_native("language_model.output.weight", llm_arch="internlm2") == (

@@ -10,6 +10,7 @@ whose peak RSS is read from the kernel (`os.wait4` ru_maxrss) and cross-checked 
     vlft merge CKPT OUT --dtype bf16                      (2 GB shards, the default)
     vlft merge CKPT OUT --dtype bf16 --max-shard-size 5GB (the whole model in one file)
     vlft convert CKPT OUT --to hf --no-verify --max-shard-size 1GB
+    vlft convert CKPT OUT --to internvl-chat --no-verify --max-shard-size 1GB
     peer: from_pretrained(base) -> PeftModel.from_pretrained(llm, adapter).merge_and_unload() ->
           load connector -> save_pretrained(OUT, max_shard_size="1GB")
 
@@ -210,6 +211,10 @@ def main() -> None:
             "vlft convert --to hf (1GB shards)": [python, "-m", "vlft.cli", "convert", str(root / "ckpt"),
                                                   str(root / "out"), "--to", "hf", "--no-verify",
                                                   "--max-shard-size", "1GB", "--dtype", "bf16"],
+            "vlft convert --to internvl-chat (1GB shards)": [python, "-m", "vlft.cli", "convert", str(root / "ckpt"),
+                                                             str(root / "out"), "--to", "internvl-chat",
+                                                             "--no-verify", "--max-shard-size", "1GB", "--dtype",
+                                                             "bf16"],
             "peer: transformers + peft save_pretrained": [python, "-c", PEER, str(root / "base"), str(root / "ckpt"),
                                                           str(root / "out")],
         }

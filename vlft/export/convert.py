@@ -18,10 +18,10 @@ import shutil
 from pathlib import Path
 
 from vlft.errors import CheckpointError, ConfigError
-from vlft.export.hf_files import (INTERNVL_CHAT_TEMPLATE_NAMES, MODEL_RECORD, export_template, official_config,
+from vlft.export.hf_files import (INTERNVL_CHAT_TEMPLATE_NAMES, MODEL_RECORD, export_template,
                                   read_model_record, training_tiling, write_generation_config, write_model_record,
                                   write_processor_files, write_tokenizer)
-from vlft.export.merge import (MergedModel, StreamedMerge, native_items, export_state, load_for_export, model_record,
+from vlft.export.merge import (MergedModel, StreamedMerge, export_state, load_for_export, model_record,
                                prepare_merge, release, write_native)
 from vlft.export.staging import check_output, staged_output
 from vlft.export.verify import official_class_available, official_class_name
@@ -57,7 +57,7 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str =
     check_output(out, overwrite=overwrite, sources=[source])
     run_verify = _resolve_verify(verify, target, peek["family"])
 
-    if target == "hf" and not run_verify and (source / CHECKPOINT_MARKER).is_file():
+    if not run_verify and (source / CHECKPOINT_MARKER).is_file():
         merged = prepare_merge(source)  # streamed where it can be: nothing needs the model in memory
     else:
         merged = load_for_export(source)
@@ -152,20 +152,22 @@ def chat_training_fields(spec, info) -> dict:
     }
 
 
-def write_internvl_chat(out: Path, merged: MergedModel, *, dtype: str, max_shard_size,
+def write_internvl_chat(out: Path, merged: MergedModel | StreamedMerge, *, dtype: str, max_shard_size,
                         ) -> tuple[ShardReport, list[str]]:
+    """The original InternVL layout; the weights go through iter_native_to_chat one layer at a time, so a
+    StreamedMerge never has the model in memory (InternVL's native names are its export names)."""
     from vlft.model.internvl_chat_layout import iter_native_to_chat, native_config_to_chat
 
-    model, spec = merged.model, merged.spec
+    spec = merged.spec
+    native = merged.config(dtype=dtype).to_dict()
     llm_arch = merged.provenance.get("llm_arch")
     if llm_arch is None:
-        raise CheckpointError(f"--to internvl-chat: the LLM ({model.language_model.config.model_type}) has no "
+        raise CheckpointError(f"--to internvl-chat: the LLM ({native['text_config']['model_type']}) has no "
                               "InternVL-chat layout here (InternLM2, Qwen2 or Llama); use --to hf")
-    native = official_config(model, dtype=dtype).to_dict()
-    fields = chat_training_fields(spec, model.info)
+    fields = chat_training_fields(spec, merged.info)
     chat_config = native_config_to_chat(native, llm_arch=llm_arch, training_fields=fields,
                                         base_config=merged.base_chat_config)
-    report = write_sharded(iter_native_to_chat(native_items(model), native, llm_arch=llm_arch), out, dtype=dtype,
+    report = write_sharded(iter_native_to_chat(merged.items(), native, llm_arch=llm_arch), out, dtype=dtype,
                            max_shard_size=max_shard_size)
     (out / "config.json").write_text(json.dumps(chat_config, indent=2) + "\n")
     template = export_template(spec, merged.family)

@@ -4,9 +4,9 @@ native layout, which is the transformers "-hf" layout plus ``vlft_model.json``.
 A QLoRA run's base is reloaded unquantized (merging into 4-bit weights would round the update away) and
 the same adapter is merged into it. For a whole base (transformers-native or InternVL-chat) the merge is
 streamed (vlft.export.streaming): the base is read tensor by tensor, each LoRA layer merged by peft on its
-own, and the shard writer keeps no tensor once it is on disk. A base composed from parts, and `convert --verify`,
-which needs the model anyway, merge in memory (merge_training_checkpoint), whose output the streamed one
-equals tensor for tensor.
+own, and the shard writer keeps no tensor once it is on disk. A base composed from parts, and
+`convert --verify`, which needs the model anyway, merge in memory (merge_training_checkpoint), whose
+output the streamed one equals tensor for tensor.
 
     out/
       config.json                 InternVLConfig / LlavaConfig (tie_word_embeddings=false)
@@ -286,11 +286,6 @@ def export_items(model: VisionLanguageModel):
 
 def export_state(model: VisionLanguageModel) -> dict:
     return dict(export_items(model))
-
-
-def native_items(model: VisionLanguageModel):
-    """The native (state-dict) names, for the InternVL-chat converter."""
-    yield from model.state_dict().items()
 
 
 def merge_checkpoint(checkpoint: str | Path, out: str | Path, *, dtype: str = "bf16", overwrite: bool = False,

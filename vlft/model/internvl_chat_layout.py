@@ -909,8 +909,10 @@ def iter_native_to_chat(
             raise LayoutError(f"duplicate key {key!r} in transformers-native InternVL weights")
         plan.check_shape(key, tensor, repr(key))
         seen.add(key)
-        if key == _EMBED:
+        if key == _EMBED and plan.tied and _LM_HEAD not in seen:  # held only while the head may still be missing
             embed = tensor
+        elif key == _LM_HEAD:
+            embed = None
         chat_key, slot = _native_to_chat_slot(key, llm_arch)
         if slot is None:
             yield chat_key, tensor
