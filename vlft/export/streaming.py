@@ -30,6 +30,7 @@ _EMBED = "language_model.model.embed_tokens.weight"
 _LM_HEAD = "language_model.lm_head.weight"
 _PEFT_PREFIX = "base_model.model."
 
+
 class NotStreamable(Exception):
     """This checkpoint needs the in-memory merge (the message says why)."""
 
