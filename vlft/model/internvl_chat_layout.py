@@ -260,6 +260,36 @@ def _check_arch(llm_arch: str) -> None:
         raise LayoutError(f"unsupported llm_arch {llm_arch!r}; expected one of {', '.join(LLM_ARCHS)}")
 
 
+def _layer_names(key: str, layers: str, target_layers: str, renames: Mapping[str, str],
+                 fused: Mapping[str, tuple[str, ...]]) -> tuple[str, ...] | None:
+    """A per-layer key's target name(s): one through `renames`, the three parts of a fused weight through
+    `fused`; None when the key is no layer weight of `layers` or its suffix is in neither table."""
+    if (parts := _split_layer(key, layers)) is None:
+        return None
+    index, suffix = parts
+    prefix = f"{target_layers}{index}."
+    if suffix in renames:
+        return (prefix + renames[suffix],)
+    if suffix in fused:
+        return tuple(prefix + name for name in fused[suffix])
+    return None
+
+
+def _layer_slot(key: str, layers: str, target_layers: str, renames: Mapping[str, str],
+                fused: Mapping[str, tuple[str, int]]) -> tuple[str, int | None] | None:
+    """The reverse of _layer_names for one key: (target name, slot in the fused weight or None), or None."""
+    if (parts := _split_layer(key, layers)) is None:
+        return None
+    index, suffix = parts
+    prefix = f"{target_layers}{index}."
+    if suffix in renames:
+        return prefix + renames[suffix], None
+    if suffix in fused:
+        chat, slot = fused[suffix]
+        return prefix + chat, slot
+    return None
+
+
 def chat_key_to_native(key: str, *, llm_arch: str) -> tuple[str, ...]:
     """Native key(s) that one InternVL-chat weight becomes: three for a fused qkv/wqkv, else one.
 
@@ -274,25 +304,15 @@ def chat_key_to_native(key: str, *, llm_arch: str) -> tuple[str, ...]:
     _check_arch(llm_arch)
     if key in _FLAT:
         return (_FLAT[key],)
-    if (parts := _split_layer(key, _VIT_CHAT_LAYERS)) is not None:
-        index, suffix = parts
-        native_prefix = f"{_VIT_NATIVE_LAYERS}{index}."
-        if suffix in _VIT_LAYER:
-            return (native_prefix + _VIT_LAYER[suffix],)
-        if suffix in _VIT_LAYER_FUSED:
-            return tuple(native_prefix + name for name in _VIT_LAYER_FUSED[suffix])
-    elif key.startswith("language_model."):
+    names = _layer_names(key, _VIT_CHAT_LAYERS, _VIT_NATIVE_LAYERS, _VIT_LAYER, _VIT_LAYER_FUSED)
+    if names is None and key.startswith("language_model."):
         if llm_arch in ("qwen2", "llama"):  # already in transformers names
             return (key,)
         if key in _INTERNLM2_FLAT:
             return (_INTERNLM2_FLAT[key],)
-        if (parts := _split_layer(key, _LLM_LAYERS)) is not None:
-            index, suffix = parts
-            prefix = f"{_LLM_LAYERS}{index}."
-            if suffix in _INTERNLM2_LAYER:
-                return (prefix + _INTERNLM2_LAYER[suffix],)
-            if suffix in _INTERNLM2_LAYER_FUSED:
-                return tuple(prefix + name for name in _INTERNLM2_LAYER_FUSED[suffix])
+        names = _layer_names(key, _LLM_LAYERS, _LLM_LAYERS, _INTERNLM2_LAYER, _INTERNLM2_LAYER_FUSED)
+    if names is not None:
+        return names
     raise LayoutError(f"unknown key {key!r} in InternVL-chat weights (llm_arch={llm_arch})")
 
 
@@ -301,27 +321,15 @@ def _native_to_chat_slot(key: str, llm_arch: str) -> tuple[str, int | None]:
     _check_arch(llm_arch)
     if key in _FLAT_REV:
         return _FLAT_REV[key], None
-    if (parts := _split_layer(key, _VIT_NATIVE_LAYERS)) is not None:
-        index, suffix = parts
-        chat_prefix = f"{_VIT_CHAT_LAYERS}{index}."
-        if suffix in _VIT_LAYER_REV:
-            return chat_prefix + _VIT_LAYER_REV[suffix], None
-        if suffix in _VIT_LAYER_FUSED_REV:
-            chat, slot = _VIT_LAYER_FUSED_REV[suffix]
-            return chat_prefix + chat, slot
-    elif key.startswith("language_model."):
+    slot = _layer_slot(key, _VIT_NATIVE_LAYERS, _VIT_CHAT_LAYERS, _VIT_LAYER_REV, _VIT_LAYER_FUSED_REV)
+    if slot is None and key.startswith("language_model."):
         if llm_arch in ("qwen2", "llama"):
             return key, None
         if key in _INTERNLM2_FLAT_REV:
             return _INTERNLM2_FLAT_REV[key], None
-        if (parts := _split_layer(key, _LLM_LAYERS)) is not None:
-            index, suffix = parts
-            prefix = f"{_LLM_LAYERS}{index}."
-            if suffix in _INTERNLM2_LAYER_REV:
-                return prefix + _INTERNLM2_LAYER_REV[suffix], None
-            if suffix in _INTERNLM2_LAYER_FUSED_REV:
-                chat, slot = _INTERNLM2_LAYER_FUSED_REV[suffix]
-                return prefix + chat, slot
+        slot = _layer_slot(key, _LLM_LAYERS, _LLM_LAYERS, _INTERNLM2_LAYER_REV, _INTERNLM2_LAYER_FUSED_REV)
+    if slot is not None:
+        return slot
     raise LayoutError(f"unknown key {key!r} in transformers-native InternVL weights (llm_arch={llm_arch})")
 
 
