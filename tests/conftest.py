@@ -37,3 +37,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """Battery cases carry their category on every report, so tools/battery.py can tally them under xdist."""
+    for item in items:
+        for mark in item.iter_markers("battery"):
+            item.user_properties.append(("battery", (mark.args[0], mark.kwargs.get("was", "traceback"))))

@@ -3,16 +3,10 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import sys
 
 import click
-
-EPILOG_TRAIN = """\b
-Example:
-  vlft train configs/internvl2_5_1b_lora.py --work-dir work/food --cfg-options schedule.lr=1e-4
-  torchrun --nproc_per_node 8 -m vlft.cli train configs/internvl2_2b_lora.py --deepspeed zero2
-"""
-
 
 TEMPLATE_HELP = ("Chat template name (internvl2_5, internlm2-chat, chatml, vicuna_v1, llama3, plain) to use instead "
                  "of the model's own; a directory without vlft metadata otherwise gets its family's default.")
@@ -41,8 +35,10 @@ def _is_user_error(exc: BaseException) -> bool:
         isinstance(exc, (ValueError, KeyError, OSError)) and type(exc).__module__.startswith("vlft"))
 
 
-CFG_OPTIONS_HELP = ("Override config keys: --cfg-options schedule.lr=1e-4 data.max_length=2048 "
-                    "(several KEY=VALUE words after one flag, as in XTuner)")
+CFG_OPTIONS_HELP = ("Override config keys or Settings values: --cfg-options schedule.lr=1e-4 data_path=other.json "
+                    "lora_r=64 (several KEY=VALUE words after one flag, as in XTuner). A Settings name re-evaluates "
+                    "the config, so values derived from it follow; model.llm.lora.r=N without lora.alpha scales "
+                    "alpha with it.")
 
 
 def _cfg_options(flagged: tuple[str, ...], trailing: tuple[str, ...]) -> tuple[str, ...]:
@@ -70,7 +66,25 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineErrors(click.Group):
+    """click's usage errors (a bad flag, a missing argument) as one `error:` line too, with exit code 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="vlft")
 def main():
     """Fine-tune vision-language models (InternVL, LLaVA) with LoRA/QLoRA, then merge and convert.
@@ -81,7 +95,7 @@ def main():
     """
 
 
-@main.command(epilog=EPILOG_TRAIN)
+@main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1, metavar="")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Where checkpoints and logs go.")
@@ -89,15 +103,33 @@ def main():
               help="zero2 (default from the config), zero3, none, or a DeepSpeed JSON file.")
 @click.option("--cfg-options", multiple=True, metavar="KEY=VALUE", help=CFG_OPTIONS_HELP)
 @click.option("--resume", "resume", is_flag=False, flag_value="auto", default=None,
-              help="Continue from the latest checkpoint in the work dir (auto) or from a checkpoint DIR.")
+              help="Continue from the newest intact checkpoint in the work dir (auto) or from a checkpoint DIR.")
+@click.option("--resume-allow-changes", is_flag=True,
+              help="Resume although data or schedule settings changed; they apply from the resume step.")
 @user_errors
-def train(config, overrides, work_dir, deepspeed, cfg_options, resume):
-    """Fine-tune the model a CONFIG describes on its datasets."""
+def train(config, overrides, work_dir, deepspeed, cfg_options, resume, resume_allow_changes):
+    """Fine-tune the model a CONFIG describes on its datasets.
+
+    \b
+    Example:
+      vlft train configs/internvl2_5_1b_lora.py --work-dir work/food --cfg-options schedule.lr=1e-4
+      torchrun --nproc_per_node 8 -m vlft.cli train configs/internvl2_2b_lora.py --deepspeed zero2
+    Ctrl-C, SIGTERM or SIGUSR1 save a checkpoint of the last finished step; continue with --resume auto.
+    Resuming loads no pickled code: checkpoints are safetensors + JSON, DeepSpeed's read weights-only.
+    """
     cfg_options = _cfg_options(cfg_options, overrides)
     _quiet_libraries()
-    from vlft.engine.train import train_from_config
+    from vlft.engine.train import TrainingInterrupted, train_from_config
 
-    train_from_config(config, work_dir=work_dir, deepspeed=deepspeed, cfg_options=cfg_options, resume=resume)
+    try:
+        train_from_config(config, work_dir=work_dir, deepspeed=deepspeed, cfg_options=cfg_options, resume=resume,
+                          allow_changes=resume_allow_changes)
+    except TrainingInterrupted as stopped:
+        again = ["vlft", "train", config, "--work-dir", str(stopped.result.work_dir), "--resume", "auto",
+                 *(["--cfg-options", *cfg_options] if cfg_options else [])]
+        if stopped.result.checkpoint is not None:
+            click.echo(f"stopped by {stopped.signal_name}; continue with: {shlex.join(again)}", err=True)
+        sys.exit(stopped.exit_code)
 
 
 @main.command("check-data")
@@ -198,8 +230,9 @@ def chat(model, image, prompt, max_new_tokens, temperature, top_p, template):
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--max-new-tokens", default=16, show_default=True)
 @click.option("--template", default=None, help=TEMPLATE_HELP)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (never the --data file).")
 @user_errors
-def evaluate(models, data, image_root, out, batch_size, max_new_tokens, template):
+def evaluate(models, data, image_root, out, batch_size, max_new_tokens, template, overwrite):
     """Accuracy of one or more MODELS on a closed-set file (two models: a before/after table).
 
     \b
@@ -218,7 +251,7 @@ def evaluate(models, data, image_root, out, batch_size, max_new_tokens, template
     from vlft.infer.evaluate import run_eval
 
     run_eval(list(models), data, image_root=image_root, out=out, batch_size=batch_size,
-             max_new_tokens=max_new_tokens, template=template)
+             max_new_tokens=max_new_tokens, template=template, overwrite=overwrite)
 
 
 @main.command()
@@ -241,7 +274,12 @@ def demo(work_dir, steps):
 @main.command("list-configs")
 @click.option("-p", "--pattern", default="", help="Only names containing this.")
 def list_configs(pattern):
-    """List the shipped configs (copy one with `vlft copy-config NAME DEST`)."""
+    """List the shipped configs (copy one with `vlft copy-config NAME DEST`).
+
+    \b
+    Example:
+      vlft list-configs -p internvl
+    """
     from vlft.shipped import shipped_configs
 
     for name, path in shipped_configs().items():

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from vlft.errors import ConfigError
 
 FAMILIES = ("internvl", "llava")
 TRAIN_MODES = ("frozen", "lora", "full")
 DTYPES = ("float32", "bfloat16", "float16")
+#: The short spellings the CLI's --dtype uses; a config may use either, specs hold the long names.
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def _one_of(value, allowed, key):
@@ -16,9 +18,30 @@ def _one_of(value, allowed, key):
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(repr, allowed))}")
 
 
+def _dtype(value, key) -> str:
+    """A dtype name in its long form ('bf16' -> 'bfloat16'); anything else is an error naming `key`."""
+    value = DTYPE_ALIASES.get(value, value)
+    _one_of(value, DTYPES, key)
+    return value
+
+
+def _require(ok: bool, key: str, value, rule: str) -> None:
+    """One line naming the key, its value and the rule it breaks."""
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def _optional_at_least(value, low, key: str) -> None:
+    _require(value is None or value >= low, key, value, f"None or >= {low}")
+
+
 @dataclass
 class LoraSpec:
+    #: Messages name keys from here; vlft.config puts the real place in front (model.llm.lora.r).
+    ERROR_PREFIX: ClassVar[str] = "lora."
+
     r: int = 16
+    #: The update is scaled by alpha / r; --cfg-options model.llm.lora.r=N alone keeps that ratio.
     alpha: int = 32
     dropout: float = 0.05
     #: Module-name suffixes to wrap (e.g. ["q_proj", "v_proj"]); None picks the architecture's defaults.
@@ -28,6 +51,8 @@ class LoraSpec:
     def __post_init__(self):
         if self.r <= 0:
             raise ConfigError(f"lora.r must be positive, got {self.r}")
+        _require(self.alpha > 0, "lora.alpha", self.alpha, "positive")
+        _require(0 <= self.dropout < 1, "lora.dropout", self.dropout, "in [0, 1)")
 
 
 @dataclass
@@ -40,7 +65,7 @@ class QuantSpec:
     def __post_init__(self):
         _one_of(self.bits, (4, 8), "llm.quantization.bits")
         _one_of(self.quant_type, ("nf4", "fp4"), "llm.quantization.quant_type")
-        _one_of(self.compute_dtype, DTYPES, "llm.quantization.compute_dtype")
+        self.compute_dtype = _dtype(self.compute_dtype, "model.llm.quantization.compute_dtype")
 
 
 @dataclass
@@ -63,6 +88,10 @@ class ConnectorSpec:
     #: Pixel-shuffle ratio (0.5 for InternVL: 4 patches -> 1 token); 1.0 means no shuffle (LLaVA).
     downsample_ratio: float = 0.5
     train: bool = True
+
+    def __post_init__(self):
+        _require(0 < self.downsample_ratio <= 1, "model.connector.downsample_ratio", self.downsample_ratio,
+                 "in (0, 1]")
 
 
 @dataclass
@@ -87,13 +116,15 @@ class ModelSpec:
     vision: VisionSpec = field(default_factory=VisionSpec)
     connector: ConnectorSpec = field(default_factory=ConnectorSpec)
     llm: LLMSpec = field(default_factory=LLMSpec)
+    #: "float32", "bfloat16", "float16" (or the CLI's fp32, bf16, fp16).
     dtype: str = "float32"
+    #: "eager", "sdpa" or "flash_attention_2" (needs flash-attn: vlft.config checks it is importable).
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
         _one_of(self.family, FAMILIES, "model.family")
-        _one_of(self.dtype, DTYPES, "model.dtype")
+        self.dtype = _dtype(self.dtype, "model.dtype")
         _one_of(self.attn_implementation, ("eager", "sdpa", "flash_attention_2"), "model.attn_implementation")
         if self.path is None and (self.vision.path is None or self.llm.path is None):
             raise ConfigError("model.path is not set: give a whole VLM checkpoint in model.path, "
@@ -111,6 +142,9 @@ class ModelSpec:
 
 @dataclass
 class DatasetSpec:
+    #: Messages name keys from here; vlft.config puts the real place in front (data.datasets[0].path).
+    ERROR_PREFIX: ClassVar[str] = "data.datasets[]."
+
     path: str = ""
     format: str = "auto"
     image_root: Optional[str] = None
@@ -122,6 +156,8 @@ class DatasetSpec:
         if not self.path:
             raise ConfigError("data.datasets[].path is empty: give an annotation file or an InternVL meta json")
         _one_of(self.format, ("auto", "llava", "sharegpt", "internvl_meta"), "data.datasets[].format")
+        _require(self.repeat > 0, "data.datasets[].repeat", self.repeat, "positive")
+        _optional_at_least(self.max_tiles, 1, "data.datasets[].max_tiles")
 
 
 @dataclass
@@ -136,6 +172,8 @@ class TilingSettings:
 
     def __post_init__(self):
         _one_of(self.mode, ("dynamic", "pad_square", "anyres", "resize"), "data.tiling.mode")
+        _optional_at_least(self.tile_size, 1, "data.tiling.tile_size")
+        _require(self.max_tiles >= 1, "data.tiling.max_tiles", self.max_tiles, ">= 1")
         if not 1 <= self.min_tiles <= self.max_tiles:
             raise ConfigError(f"data.tiling.min_tiles={self.min_tiles} and data.tiling.max_tiles={self.max_tiles} "
                               "contradict: need 1 <= min_tiles <= max_tiles")
@@ -156,6 +194,10 @@ class DataSpec:
     #: What to do with a sample that cannot be used (bad image, too long...): "skip" counts it, "error" stops.
     on_bad_sample: str = "skip"
     num_workers: int = 0
+    #: Hold out this fraction of the training samples (0 <= f < 1) for a validation loss every engine.eval_steps.
+    val_split: float = 0.0
+    #: Separate validation sets (same shape as `datasets`); they take precedence over val_split.
+    val_datasets: list[DatasetSpec] = field(default_factory=list)
 
     def __post_init__(self):
         _one_of(self.on_bad_sample, ("skip", "error"), "data.on_bad_sample")
@@ -163,6 +205,8 @@ class DataSpec:
             raise ConfigError(f"data.max_length must be positive, got {self.max_length}")
         if self.pack_length is not None and self.pack_length <= 0:
             raise ConfigError(f"data.pack_length must be positive, got {self.pack_length}")
+        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+        _require(0 <= self.val_split < 1, "data.val_split", self.val_split, "in [0, 1) (a fraction of the samples)")
 
     @property
     def packed_row_length(self) -> int:
@@ -172,7 +216,7 @@ class DataSpec:
 @dataclass
 class ScheduleSpec:
     epochs: float = 1.0
-    #: Stop after this many optimizer steps (overrides epochs when set).
+    #: Stop after this many optimizer steps (overrides epochs when set; None: run `epochs`).
     max_steps: Optional[int] = None
     micro_batch_size: int = 1
     gradient_accumulation: int = 1
@@ -182,8 +226,11 @@ class ScheduleSpec:
     connector_lr: Optional[float] = None
     vision_lr: Optional[float] = None
     weight_decay: float = 0.0
+    #: Fraction of the steps spent warming the lr up from 0 (0 <= warmup_ratio < 1).
     warmup_ratio: float = 0.03
+    #: The cosine ends at lr * min_lr_ratio (0 <= min_lr_ratio <= 1).
     min_lr_ratio: float = 0.0
+    #: Gradient-norm clipping; 0 turns clipping off.
     max_grad_norm: float = 1.0
     seed: int = 42
 
@@ -191,6 +238,17 @@ class ScheduleSpec:
         for key in ("micro_batch_size", "gradient_accumulation"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"schedule.{key} must be >= 1, got {getattr(self, key)}")
+        _require(self.epochs > 0, "schedule.epochs", self.epochs, "positive (or set schedule.max_steps)")
+        _optional_at_least(self.max_steps, 1, "schedule.max_steps")
+        _optional_at_least(self.global_batch_size, 1, "schedule.global_batch_size")
+        _require(self.lr > 0, "schedule.lr", self.lr, "positive")
+        for key in ("connector_lr", "vision_lr"):
+            value = getattr(self, key)
+            _require(value is None or value >= 0, f"schedule.{key}", value, "None or >= 0")
+        _require(self.weight_decay >= 0, "schedule.weight_decay", self.weight_decay, ">= 0")
+        _require(0 <= self.warmup_ratio < 1, "schedule.warmup_ratio", self.warmup_ratio, "in [0, 1)")
+        _require(0 <= self.min_lr_ratio <= 1, "schedule.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+        _require(self.max_grad_norm >= 0, "schedule.max_grad_norm", self.max_grad_norm, ">= 0 (0: no clipping)")
         if self.global_batch_size is not None and self.global_batch_size % (
                 self.micro_batch_size * self.gradient_accumulation):
             raise ConfigError(
@@ -209,13 +267,27 @@ class EngineSpec:
     #: "zero2", "zero3", a DeepSpeed JSON path, or None for plain torch on one process.
     deepspeed: Optional[str] = "zero2"
     work_dir: Optional[str] = None
+    #: A checkpoint every this many optimizer steps; 0: only the final one.
     save_steps: int = 500
+    #: Keep at most this many checkpoints (None: all).
     save_total_limit: Optional[int] = 2
     logging_steps: int = 1
     #: Fixed prompts generated every `sample_every` steps so a user sees the model learn (XTuner's chat hook).
     sample_prompts: list[SamplePrompt] = field(default_factory=list)
     sample_every: int = 0
     sample_max_new_tokens: int = 16
+    #: Validation loss every this many optimizer steps (0: only at the end) when data.val_split/val_datasets is set.
+    eval_steps: int = 0
+    #: Experiment trackers fed with the logged scalars: "tensorboard", "wandb", "swanlab", "mlflow" (extras).
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+    def __post_init__(self):
+        _require(self.save_steps >= 0, "engine.save_steps", self.save_steps, ">= 0 (0: only the final checkpoint)")
+        _optional_at_least(self.save_total_limit, 1, "engine.save_total_limit")
+        _require(self.logging_steps >= 1, "engine.logging_steps", self.logging_steps, ">= 1")
+        _require(self.sample_every >= 0, "engine.sample_every", self.sample_every, ">= 0 (0: never)")
+        _require(self.sample_max_new_tokens >= 1, "engine.sample_max_new_tokens", self.sample_max_new_tokens, ">= 1")
+        _require(self.eval_steps >= 0, "engine.eval_steps", self.eval_steps, ">= 0 (0: only at the end)")
 
 
 @dataclass

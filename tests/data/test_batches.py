@@ -80,7 +80,7 @@ def test_too_long_and_bad_samples_are_counted_or_fatal(tiny):
                      turns=(Turn("user", "<image>\nhi"), Turn("assistant", "x")))
     dataset = SupervisedDataset(_samples(images, root) + [long, missing], pipeline)
     assert len(dataset) == 4, dataset.stats.problems
-    assert dataset.stats.dropped == {"longer than max_length": 1, "unreadable image": 1}
+    assert dataset.stats.dropped == {"too long": 1, "missing image": 1}
     assert any(p.startswith("f.json:long:") for p in dataset.stats.problems)
     assert any("f.json:gone" in p and "nope.png" in p for p in dataset.stats.problems)
     with pytest.raises(DataError, match="f.json:long"):

@@ -10,6 +10,7 @@ from PIL import Image
 from vlft.cli import main
 from vlft.config import load_config
 from vlft.data.dataset import build_dataset
+from vlft.errors import DataError
 from vlft.data.preflight import (IMAGE_COUNT, MALFORMED, MISSING_IMAGE, NO_ASSISTANT, TOO_LONG, UNREADABLE_IMAGE,
                                  Percentiles, check_data, check_data_from_config, format_report)
 from vlft.data.tiling import TilingSpec, num_tiles
@@ -266,3 +267,114 @@ def test_percentiles_nearest_rank():
     assert Percentiles.of([]) == Percentiles()
     assert Percentiles.of([7]) == Percentiles(7, 7, 7, 7)
     assert Percentiles.of(list(range(1, 101))) == Percentiles(50, 90, 99, 100)
+
+
+# ------------------------------------------------------------------------------------ reliability battery
+
+@pytest.mark.battery("images", was="silent")
+def test_failed_images_are_counted_as_failed_not_decoded(tmp_path, internvl_model):
+    good = _png(tmp_path / "good.png", (56, 56))
+    (tmp_path / "corrupt.png").write_bytes(b"not an image" * 20)
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([_row("ok", [good], "q", "a"), _row("bad", ["corrupt.png"], "q", "a"),
+                                _row("gone", ["missing.png"], "q", "a")]))
+    report = check_data(load_config(_config(tmp_path, internvl_model, [path])))
+    assert (report.images_checked, report.images_decoded, report.images_missing, report.images_unreadable) == (3, 1, 1, 1)
+    assert "3 image files: 1 decoded, 2 failed (1 missing, 1 unreadable)" in format_report(report)
+
+
+def test_missing_images_are_capped_per_kind_even_when_one_sample_has_many(tmp_path, internvl_model):
+    path = tmp_path / "d.json"
+    rows = [_row(f"many{i}", [f"gone{i}_{k}.png" for k in range(3)], "q", "a") for i in range(30)]
+    path.write_text(json.dumps(rows + [_row("fine", [], "q", "a")]))
+    report = check_data(load_config(_config(tmp_path, internvl_model, [path])))
+    assert len(report.problems[MISSING_IMAGE]) == 90
+    text = format_report(report)
+    assert sum("image not found" in line for line in text.splitlines()) == 50
+    assert "    ... and 40 more" in text
+
+
+@pytest.mark.battery("images", was="silent")
+def test_a_symlink_loop_is_called_a_symlink_loop_not_missing(tmp_path, internvl_model):
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "deleted.png")
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([_row("loop", ["loop.png"], "q", "a"), _row("dangling", ["dangling.png"], "q", "a"),
+                                _row("fine", [], "q", "a")]))
+    report = check_data(load_config(_config(tmp_path, internvl_model, [path])))
+    assert report.problems[UNREADABLE_IMAGE] == [f"{path}:loop: cannot read image {loop}: symlink loop "
+                                                 "(a symlink that leads back to itself)"]
+    assert report.problems[MISSING_IMAGE] == [f"{path}:dangling: image not found: {tmp_path / 'dangling.png'} is a "
+                                              f"symlink to {tmp_path / 'deleted.png'}, which does not exist"]
+
+
+@pytest.mark.battery("annotations", was="traceback")
+def test_a_latin1_annotation_file_is_one_error_line_in_check_data_and_train(tmp_path, internvl_model):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes((json.dumps(_row("x", [], "caf\u00e9?", "oui"), ensure_ascii=False) + "\n").encode("latin-1"))
+    cfg = _config(tmp_path, internvl_model, [path])
+    result = CliRunner().invoke(main, ["check-data", cfg])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: not UTF-8 text: byte 0xe9 at offset ")
+    assert "save it as UTF-8" in lines[0]
+
+    spec = load_config(cfg)  # what `vlft train` reads (the lead's train test covers the CLI)
+    info, tokenizer = model_facts(spec.model)
+    with pytest.raises(DataError, match=f"^{path}: not UTF-8 text"):
+        build_dataset(spec, tokenizer, info)
+
+
+def _odd_rows():
+    def turns(*pairs):
+        return [{"from": role, "value": text} for role, text in pairs]
+    return [
+        {"id": "ok", "conversations": turns(("human", "q"), ("gpt", "a"))},
+        {"id": "greeter", "conversations": turns(("gpt", "Hello!"), ("human", "q"), ("gpt", "a"))},
+        {"id": "twice", "conversations": turns(("human", "look"), ("human", "q"), ("gpt", "a"))},
+        {"id": "empty", "conversations": turns(("human", "q"), ("gpt", "  "))},
+        {"id": "escape", "image": "../up.png", "conversations": turns(("human", "q"), ("gpt", "a"))},
+    ]
+
+
+@pytest.mark.battery("annotations", was="silent")
+def test_odd_conversations_are_listed_by_check_data_with_file_and_id(tmp_path, internvl_model):
+    from vlft.data.preflight import EMPTY_ANSWER, IMAGE_OUTSIDE_ROOT, LEADING_ASSISTANT, USER_TURNS_MERGED
+
+    _png(tmp_path / "up.png", (56, 56))
+    path = tmp_path / "data" / "d.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(_odd_rows()))
+    report = check_data(load_config(_config(tmp_path, internvl_model, [path])))
+    assert {kind: [line.split(": ")[0] for line in lines] for kind, lines in report.problems.items()} == {
+        EMPTY_ANSWER: [f"{path}:empty"], LEADING_ASSISTANT: [f"{path}:greeter"],
+        USER_TURNS_MERGED: [f"{path}:twice"], IMAGE_OUTSIDE_ROOT: [f"{path}:escape"]}
+    assert report.error_kinds == [EMPTY_ANSWER]  # dropped by training
+    assert report.warning_kinds == [LEADING_ASSISTANT, USER_TURNS_MERGED, IMAGE_OUTSIDE_ROOT]  # kept
+    assert report.usable == 4
+    text = format_report(report)
+    assert "  empty answer (1, error):" in text and "  user turns merged (1, warning):" in text
+    assert text.rstrip().endswith("FAILED: 1 error (1 empty answer), 3 warnings")
+
+
+@pytest.mark.battery("annotations", was="silent")
+def test_train_says_how_many_samples_it_dropped_and_why_and_what_to_run(tmp_path, internvl_model):
+    _png(tmp_path / "up.png", (56, 56))
+    path = tmp_path / "data" / "d.json"
+    path.parent.mkdir()
+    rows = _odd_rows() + [_row("long", [], "word " * 400, "ok"), _row("gone", ["data/nope.png"], "q", "a"),
+                          {"id": "broken", "conversations": []}]
+    path.write_text(json.dumps(rows))
+    spec = load_config(_config(tmp_path, internvl_model, [path]))
+    info, tokenizer = model_facts(spec.model)
+    dataset = build_dataset(spec, tokenizer, info)
+    assert [s.id for s in dataset.samples] == ["ok", "greeter", "twice", "escape"]
+    assert dataset.stats.summary("my.py") == (
+        "4 samples kept; 4 DROPPED (1 malformed record, 1 empty answer, 1 too long, 1 missing image): "
+        "run `vlft check-data my.py` to list them; data.on_bad_sample='error' stops instead; "
+        "3 kept with a warning (1 leading assistant turn dropped, 1 user turns merged, 1 image outside image_root)")
+
+    spec.data.on_bad_sample = "error"
+    with pytest.raises(DataError, match=rf"^{path}:broken: empty 'conversations' .*data.on_bad_sample='error'"):
+        build_dataset(spec, tokenizer, info)

@@ -131,7 +131,7 @@ def test_template_read_from_the_tokenizers_chat_template(tiny_dir, tmp_path):
     assert data_settings(model_dir, Layout.HF_INTERNVL, tokenizer, template="vicuna_v1").template == "vicuna_v1"
 
     result = CliRunner().invoke(main, ["chat", str(model_dir), "--template", "no-such", "--prompt", "hi"])
-    assert result.exit_code != 0 and str(model_dir) in result.stderr
+    assert result.exit_code != 0 and "--template" in result.stderr  # checked before the model loads
     assert "unknown chat template 'no-such'" in result.stderr
 
 

@@ -14,6 +14,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .problems import BAD_SAMPLE, EMPTY_ANSWER, NO_ASSISTANT
 from .record import IMAGE_PLACEHOLDER, ROLES, Sample, Turn
 from .templates import ChatTemplate
 
@@ -21,7 +22,14 @@ IGNORE_INDEX = -100
 
 
 class SampleError(ValueError):
-    """A sample that cannot be encoded; the message starts with ``sample.where`` (``file:id``)."""
+    """A sample that cannot be encoded; the message starts with ``sample.where`` (``file:id``).
+
+    ``kind`` names the problem as `vlft.data.problems` does, for training's counts and check-data's report.
+    """
+
+    def __init__(self, message: str, kind: str = BAD_SAMPLE):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,14 @@ def _check_turns(turns: Sequence[Turn], n_images: int | None, where: str, *, nee
             raise SampleError(f"{where}: {turn.role} turn {i} contains {what}; images belong in user turns")
         placeholders += n
     if need_assistant and not any(turn.role == "assistant" for turn in turns):
-        raise SampleError(f"{where}: no assistant turn, so nothing to train on")
+        raise SampleError(f"{where}: no assistant turn, so nothing to train on", NO_ASSISTANT)
+    if need_assistant:
+        # An empty reply would teach the model to end its turn at once; XTuner and LLaMA-Factory users
+        # filter such rows out, so they are dropped here as bad samples, never trained silently.
+        empty = [i for i, turn in enumerate(turns) if turn.role == "assistant" and not turn.text.strip()]
+        if empty:
+            raise SampleError(f"{where}: assistant turn {empty[0]} is an empty answer (nothing to learn but "
+                              "to stop at once)", EMPTY_ANSWER)
     if n_images is not None and placeholders != n_images:
         raise SampleError(f"{where}: {_plural(placeholders, IMAGE_PLACEHOLDER + ' placeholder')} "
                           f"but {_plural(n_images, 'image')}")

@@ -2,11 +2,14 @@
 
 Reading resolves image paths but never opens an image. A file that cannot be read at all raises
 `DataFormatError`; a row that is structurally bad is skipped and written to `ReadReport.problems` as one
-``file:sample-id: what is wrong`` line when a report is given, and raised otherwise.
+``file:sample-id: what is wrong`` line when a report is given, and raised otherwise. A row that is read but
+looks wrong (see `normalize_turns`, or an image path leaving image_root) is kept and listed in
+`ReadReport.warnings`. Text files are UTF-8 (a byte-order mark is allowed).
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import math
@@ -16,6 +19,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from vlft.data.problems import IMAGE_OUTSIDE_ROOT, LEADING_ASSISTANT, USER_TURNS_MERGED
 from vlft.data.record import IMAGE_PLACEHOLDER, Sample, Turn
 from vlft.errors import DataError
 
@@ -44,11 +48,25 @@ class DataFormatError(DataError, ValueError):
     """A dataset file or row that cannot be read; the one-line message names the file, sample id and key."""
 
 
+@dataclass(frozen=True)
+class ReadWarning:
+    """A row that was read and kept, but looks wrong or was changed (see `normalize_turns`)."""
+
+    kind: str   # one of vlft.data.problems.KEPT_WITH_WARNING
+    where: str  # "file:sample-id", as Sample.where
+    what: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
 @dataclass
 class ReadReport:
     """Problems found while reading, collected instead of raised; each bad row is skipped."""
 
     problems: list[str] = field(default_factory=list)  # one line each: "file:sample-id: what is wrong"
+    warnings: list[ReadWarning] = field(default_factory=list)  # rows kept
 
 
 def read_all(sources: Sequence[DatasetSource], *, seed: int = 0, report: ReadReport | None = None) -> list[Sample]:
@@ -146,9 +164,18 @@ def _read_annotation(path: str, fmt: str, *, image_root: str, dataset: str, max_
                 raise DataFormatError(line) from None
             report.problems.append(line)
             continue
+        turns, notes = normalize_turns(turns)
+        resolved = tuple(_resolve(p, image_root) for p in images)
+        if report is not None:
+            where = f"{path}:{sample_id}"
+            report.warnings += [ReadWarning(kind, where, note) for kind, note in notes]
+            for given, full in zip(images, resolved):
+                if not _is_inside(full, image_root) and not _is_absolute(given):
+                    # Legitimate in a shared tree (a sibling folder of images), a mistake more often.
+                    report.warnings.append(ReadWarning(IMAGE_OUTSIDE_ROOT, where, (
+                        f"image path {given!r} leaves the image root {image_root} (it resolves to {full}); kept")))
         extra = {k: v for k, v in row.items() if v is not None and k not in _CONSUMED_KEYS}
-        samples.append(Sample(id=sample_id, source=path, dataset=dataset, turns=turns,
-                              images=tuple(_resolve(p, image_root) for p in images),
+        samples.append(Sample(id=sample_id, source=path, dataset=dataset, turns=turns, images=resolved,
                               max_tiles=max_tiles, extra=extra))
     return samples
 
@@ -232,9 +259,28 @@ def _quiet_datasets(datasets):
             datasets.utils.enable_progress_bars()
 
 
+def read_text(path: str) -> str:
+    """A UTF-8 text file's contents (a leading byte-order mark dropped), or a DataFormatError naming the
+    file, the first byte that is not UTF-8 and its line."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            found = "it is UTF-16 (it starts with a UTF-16 byte-order mark)"
+        else:
+            line = data.count(b"\n", 0, e.start) + 1
+            found = f"byte 0x{data[e.start]:02x} at offset {e.start} (line {line}) is not UTF-8"
+        raise DataFormatError(f"{path}: not UTF-8 text: {found}; save it as UTF-8 "
+                              "(e.g. iconv -f ITS-ENCODING -t UTF-8 FILE > NEW-FILE)") from None
+
+
 def _via_json(path: str, suffix: str) -> list:
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path)
     if suffix == ".json":
         try:
             data = json.loads(text) if text.strip() else []
@@ -260,20 +306,23 @@ def _maybe_meta(path: str, fmt: str) -> dict | None:
     """The parsed InternVL meta object if `path` is one, else None (cheap for annotation files)."""
     if fmt not in ("auto", "internvl_meta") or not path.lower().endswith(".json") or not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        head = f.read(4096).lstrip()
-        if not head.startswith("{"):
-            if fmt == "internvl_meta":
-                raise DataFormatError(f"{path}: format='internvl_meta' but the file is not a JSON object "
-                                      "{name: {root, annotation, repeat_time}}")
-            return None
-        f.seek(0)
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            if e.msg == "Extra data" and fmt == "auto":
-                return None  # JSONL content in a .json file: an annotation file
-            raise DataFormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot be read ({e.strerror or e})") from None
+    # A byte-order mark (Windows editors write one) must not hide the "{" of a meta object.
+    if not head.removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"{"):
+        if fmt == "internvl_meta":
+            raise DataFormatError(f"{path}: format='internvl_meta' but the file is not a JSON object "
+                                  "{name: {root, annotation, repeat_time}}")
+        return None
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and fmt == "auto":
+            return None  # JSONL content in a .json file: an annotation file
+        raise DataFormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     if fmt == "internvl_meta" or _detect_or_none(data) == "internvl_meta":
         return data
     raise DataFormatError(f"{path}: a JSON object that is not an InternVL meta {{name: {{root, annotation}}}}; "
@@ -387,6 +436,44 @@ def _parse_row(row: Mapping, turns_key: str) -> tuple[tuple[Turn, ...], list[str
     return tuple(turns), [p if p is not None else next(pending) for p in slots]
 
 
+def normalize_turns(turns: tuple[Turn, ...]) -> tuple[tuple[Turn, ...], list[tuple[str, str]]]:
+    """Turns as the LLaVA, InternVL and XTuner readers train them, and (kind, note) for each change made.
+
+    - Assistant turns before the first user turn are dropped (a greeting nobody asked for): LLaVA's and
+      InternVL's `preprocess` and XTuner's `llava_map_fn` all skip them and train the rest.
+    - Two user turns in a row become one, joined by a newline (XTuner concatenates them too): the template
+      then alternates as at inference, and no text or image is lost. LLaMA-Factory drops such a row instead;
+      keeping it is the choice that loses nothing, and check-data lists each one.
+
+    >>> turns, notes = normalize_turns((Turn("assistant", "Hi!"), Turn("user", "a"), Turn("user", "b"),
+    ...                                 Turn("assistant", "c")))
+    >>> [t.text for t in turns], [kind for kind, _ in notes]
+    (['a\\nb', 'c'], ['leading assistant turn dropped', 'user turns merged'])
+    """
+    notes: list[tuple[str, str]] = []
+    out = list(turns)
+    first = 1 if out and out[0].role == "system" else 0
+    leading = 0
+    while first + leading < len(out) and out[first + leading].role == "assistant":
+        leading += 1
+    if leading:  # with no user turn at all nothing is left, and the sample is dropped for having no answer
+        del out[first:first + leading]
+        notes.append((LEADING_ASSISTANT, f"starts with {leading} assistant turn(s) before any user turn: "
+                                         "dropped those turns"))
+    merged: list[Turn] = []
+    runs = 0
+    for turn in out:
+        if merged and turn.role == "user" and merged[-1].role == "user":
+            merged[-1] = Turn("user", f"{merged[-1].text}\n{turn.text}")
+            runs += 1
+        else:
+            merged.append(turn)
+    if runs:
+        notes.append((USER_TURNS_MERGED, f"{runs} user turn(s) follow another user turn: merged "
+                                         "each into the one before (joined by a newline)"))
+    return tuple(merged), notes
+
+
 def _turn_text(content, where: str, key: str, slots: list) -> str:
     """A turn's text; OpenAI-style content blocks become text with one placeholder per image block."""
     if isinstance(content, str):
@@ -481,6 +568,15 @@ def _image_root(image_root: str | None, path: str) -> str:
         return os.path.abspath(os.path.expanduser(image_root))
     # The folder holding the annotation file, or holding the save_to_disk directory.
     return os.path.dirname(os.path.abspath(path))
+
+
+def _is_absolute(image: str) -> bool:
+    return image.startswith("~") or os.path.isabs(image)
+
+
+def _is_inside(path: str, root: str) -> bool:
+    """Lexically (symlinks are the user's business): is `path` under the folder `root`?"""
+    return os.path.commonpath([path, root]) == os.path.normpath(root)
 
 
 def _resolve(image: str, root: str) -> str:

@@ -17,19 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+# The kinds are re-exported: they are check-data's vocabulary (tests and callers import them from here).
+from vlft.data.problems import (BAD_SAMPLE, EMPTY_ANSWER, IMAGE_COUNT, IMAGE_OUTSIDE_ROOT, KEPT_WITH_WARNING,
+                                LEADING_ASSISTANT, MALFORMED, MISSING_IMAGE, NO_ASSISTANT, NO_SAMPLES, TOO_LONG,
+                                UNREADABLE_IMAGE, USER_TURNS_MERGED)
 from vlft.data.record import IMAGE_PLACEHOLDER, Sample
 from vlft.errors import ConfigError, DataError
 
-#: Problem kinds in report order. "too long" is a warning when data.on_bad_sample="skip", the rest are errors.
-MALFORMED = "malformed record"
-MISSING_IMAGE = "missing image"
-UNREADABLE_IMAGE = "unreadable image"
-IMAGE_COUNT = "image count mismatch"
-NO_ASSISTANT = "no assistant turn"
-BAD_SAMPLE = "bad sample"
-TOO_LONG = "too long"
-NO_SAMPLES = "no usable samples"
-KINDS = (MALFORMED, MISSING_IMAGE, UNREADABLE_IMAGE, IMAGE_COUNT, NO_ASSISTANT, BAD_SAMPLE, TOO_LONG, NO_SAMPLES)
+#: Problem kinds in report order. "too long" is a warning when data.on_bad_sample="skip"; the kinds of rows
+#: that training keeps (KEPT_WITH_WARNING) are always warnings; the rest are errors.
+KINDS = (MALFORMED, MISSING_IMAGE, UNREADABLE_IMAGE, IMAGE_COUNT, NO_ASSISTANT, EMPTY_ANSWER, BAD_SAMPLE, TOO_LONG,
+         NO_SAMPLES, LEADING_ASSISTANT, USER_TURNS_MERGED, IMAGE_OUTSIDE_ROOT)
 
 #: Lines printed per problem kind; the result keeps them all.
 MAX_LINES_PER_KIND = 50
@@ -76,7 +74,10 @@ class PreflightReport:
     model: str = ""                      # one line: family, tile size, tokens per tile, template
     samples_per_dataset: dict[str, int] = field(default_factory=dict)   # rows read (before repeats)
     samples_per_epoch: dict[str, int] = field(default_factory=dict)     # with repeats: what one epoch sees
-    images_checked: int = 0              # distinct image files decoded
+    images_checked: int = 0              # distinct image files tried (decoded + failed)
+    images_decoded: int = 0              # distinct image files that decoded in full
+    images_missing: int = 0              # ... that are not there (or a symlink to nothing)
+    images_unreadable: int = 0           # ... that are there but do not open or decode
     encoded: int = 0                     # distinct samples tokenized (the token percentiles are over these)
     usable: int = 0                      # distinct samples training would keep
     problems: dict[str, list[str]] = field(default_factory=dict)        # kind -> "file:id: problem" lines
@@ -89,13 +90,16 @@ class PreflightReport:
     padding_batches: int = 0             # micro batches per epoch
     packing_batches: int = 0
 
+    def _is_warning(self, kind: str) -> bool:
+        return kind in KEPT_WITH_WARNING or (kind == TOO_LONG and self.on_bad_sample == "skip")
+
     @property
     def error_kinds(self) -> list[str]:
-        return [k for k in KINDS if self.problems.get(k) and (k != TOO_LONG or self.on_bad_sample == "error")]
+        return [k for k in KINDS if self.problems.get(k) and not self._is_warning(k)]
 
     @property
     def warning_kinds(self) -> list[str]:
-        return [TOO_LONG] if self.problems.get(TOO_LONG) and self.on_bad_sample == "skip" else []
+        return [k for k in KINDS if self.problems.get(k) and self._is_warning(k)]
 
     @property
     def exit_code(self) -> int:
@@ -157,9 +161,11 @@ def check_data(spec, *, config: str = "", tokenizer=None, info=None, workers: in
                                     f"(max {data.tiling.max_tiles} tiles)"))
     problems: dict[str, list[str]] = {kind: [] for kind in KINDS}
 
-    distinct, epoch, read_problems, empty = _read(sources, seed=spec.schedule.seed)
-    for line in read_problems:
+    distinct, epoch, read, empty = _read(sources, seed=spec.schedule.seed)
+    for line in read.problems:
         problems[IMAGE_COUNT if _READ_MISMATCH.search(line) else MALFORMED].append(line)
+    for warning in read.warnings:  # rows kept with a warning
+        problems[warning.kind].append(warning.line)
     report.samples_per_dataset = {**Counter(s.dataset for s in distinct), **dict.fromkeys(empty, 0)}
     report.samples_per_epoch = dict(Counter(s.dataset for s in epoch))
 
@@ -170,6 +176,9 @@ def check_data(spec, *, config: str = "", tokenizer=None, info=None, workers: in
         log(f"check-data: {len(distinct)} samples, decoding {len(paths)} images with {workers} threads ...")
     image_problems = _decode_all(paths, workers)
     report.images_checked = len(paths)
+    report.images_missing = sum(kind == MISSING_IMAGE for kind, _ in image_problems.values())
+    report.images_unreadable = len(image_problems) - report.images_missing
+    report.images_decoded = len(paths) - len(image_problems)
 
     # Check and encode every distinct sample.
     lengths: dict[Sample, int] = {}  # by value: a second read (fractional repeats) gives equal, new objects
@@ -212,8 +221,8 @@ def check_data(spec, *, config: str = "", tokenizer=None, info=None, workers: in
     return report
 
 
-def _read(sources, *, seed: int) -> tuple[list[Sample], list[Sample], list[str], list[str]]:
-    """(every distinct row, what one epoch sees with repeats applied, malformed-row lines, empty datasets).
+def _read(sources, *, seed: int):
+    """(every distinct row, what one epoch sees with repeats applied, the ReadReport, empty datasets).
 
     Each source is read with repeat 1, so rows a fractional repeat leaves out are checked too; repeats
     are the same Sample objects (an InternVL meta's repeat_time repeats them inside one read), so each
@@ -232,7 +241,8 @@ def _read(sources, *, seed: int) -> tuple[list[Sample], list[Sample], list[str],
         rows.extend(part)
         epoch.extend(part if source.repeat == 1.0 else read_samples(source, seed=seed, report=ReadReport()))
     distinct = list({id(s): s for s in rows}.values())
-    return distinct, epoch, report.problems, empty
+    return distinct, epoch, report, empty
+
 
 def _decode_all(paths: list[str], workers: int) -> dict[str, tuple[str, str]]:
     """{path: (kind, message)} for every image that is missing or does not decode; good images are absent."""
@@ -247,13 +257,13 @@ def _decode_all(paths: list[str], workers: int) -> dict[str, tuple[str, str]]:
 
 
 def _decode_one(path: str) -> tuple[str, str] | None:
-    from vlft.data.tiling import ImageError, load_image
+    from vlft.data.tiling import ImageError, ImageNotFoundError, load_image
 
-    if not os.path.exists(path):
-        return MISSING_IMAGE, f"image not found: {path}"
     try:
         load_image(path).close()  # a full decode, then the pixels are dropped
-    except ImageError as exc:
+    except ImageNotFoundError as exc:
+        return MISSING_IMAGE, str(exc)
+    except ImageError as exc:  # also a symlink loop, a directory, no permission: each says which
         return UNREADABLE_IMAGE, str(exc)
     return None
 
@@ -282,16 +292,17 @@ class _Problem(Exception):
 def _encode(sample: Sample, pipeline):
     """(tile counts per image, EncodedSample); raises _Problem when the sample cannot be encoded."""
     from vlft.data.encode import SampleError
-    from vlft.data.tiling import ImageError
+    from vlft.data.tiling import ImageError, ImageNotFoundError
 
     try:
         counts = pipeline.tile_counts(sample)
     except ImageError as exc:
-        raise _Problem(UNREADABLE_IMAGE, f"{sample.where}: {exc}") from None
+        kind = MISSING_IMAGE if isinstance(exc, ImageNotFoundError) else UNREADABLE_IMAGE
+        raise _Problem(kind, f"{sample.where}: {exc}") from None
     try:
         return counts, pipeline.encode(sample, counts)
     except SampleError as exc:
-        raise _Problem(BAD_SAMPLE, str(exc)) from None
+        raise _Problem(exc.kind, str(exc)) from None
     except ValueError as exc:  # the tokenizer lacks a token the template or images need: every sample fails
         raise DataError(f"{sample.where}: {exc}") from None
 
@@ -327,8 +338,11 @@ def format_report(report: PreflightReport, *, max_lines: int = MAX_LINES_PER_KIN
     malformed = len(report.problems.get(MALFORMED, [])) + sum(
         1 for line in report.problems.get(IMAGE_COUNT, []) if _READ_MISMATCH.search(line))
     skipped = f", {_plural(malformed, 'malformed row')} skipped" if malformed else ""
+    failed = report.images_missing + report.images_unreadable
+    why = f" ({report.images_missing:,} missing, {report.images_unreadable:,} unreadable)" if failed else ""
     out.append(f"  total: {_plural(sum(report.samples_per_dataset.values()), 'sample')} read{skipped}; "
-               f"{_plural(report.images_checked, 'image file')} decoded; {_plural(report.usable, 'sample')} usable")
+               f"{_plural(report.images_checked, 'image file')}: {report.images_decoded:,} decoded, "
+               f"{failed:,} failed{why}; {_plural(report.usable, 'sample')} usable")
 
     out += ["", "problems:" if report.problems else "problems: none"]
     for kind in KINDS:
@@ -376,7 +390,9 @@ def format_report(report: PreflightReport, *, max_lines: int = MAX_LINES_PER_KIN
         out.append(f"FAILED: {_plural(errors, 'error')} ({kinds})" + (f", {_plural(warnings, 'warning')}"
                                                                         if warnings else ""))
     else:
-        out.append("OK" + (f" with {_plural(warnings, 'warning')} ({TOO_LONG}, dropped)" if warnings else ""))
+        kinds = "; ".join(f"{len(report.problems[k]):,} {k}" + (", dropped" if k == TOO_LONG else ", kept")
+                          for k in report.warning_kinds)
+        out.append("OK" + (f" with {_plural(warnings, 'warning')} ({kinds})" if warnings else ""))
     return "\n".join(out)
 
 

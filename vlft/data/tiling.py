@@ -7,6 +7,7 @@ uint8 as they do, and normalisation uses the same float64 rescale then float32 a
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from dataclasses import dataclass
@@ -26,6 +27,26 @@ MODES = ("dynamic", "pad_square", "anyres", "resize")
 
 class ImageError(ValueError):
     """An image file that is missing or cannot be decoded; the message names the path."""
+
+
+class ImageNotFoundError(ImageError):
+    """No file at the image's path (or a symlink to nothing)."""
+
+
+def file_error(path: str | os.PathLike, err: OSError) -> ImageError:
+    """The ImageError for an image file that the filesystem refuses (before any decoding), by its reason.
+
+    A symlink loop and a dangling symlink are named as such: both read "not found" to os.path.exists.
+    """
+    path = os.fspath(path)
+    if isinstance(err, FileNotFoundError) or err.errno == errno.ENOENT:
+        if os.path.islink(path):
+            return ImageNotFoundError(f"image not found: {path} is a symlink to {os.readlink(path)}, "
+                                      "which does not exist")
+        return ImageNotFoundError(f"image not found: {path}")
+    if err.errno == errno.ELOOP:
+        return ImageError(f"cannot read image {path}: symlink loop (a symlink that leads back to itself)")
+    return ImageError(f"cannot read image {path}: {err.strerror or err}")
 
 
 @dataclass(frozen=True)
@@ -380,14 +401,17 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         >>> load_image("/no/such.jpg")
         Traceback (most recent call last):
         ...
-        vlft.data.tiling.ImageError: image not found: /no/such.jpg
+        vlft.data.tiling.ImageNotFoundError: image not found: /no/such.jpg
     """
     try:
-        with Image.open(path) as image:
+        file = open(path, "rb")
+    except OSError as err:
+        raise file_error(path, err) from None
+    try:
+        with file, Image.open(file) as image:
             # convert() forces the decode that Image.open defers, so truncated files fail here too.
+            # (ImageFile.LOAD_TRUNCATED_IMAGES stays False: half an image is never trained on.)
             return image.convert("RGB")
-    except FileNotFoundError:
-        raise ImageError(f"image not found: {os.fspath(path)}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(
             f"cannot read image {os.fspath(path)}: {err} (re-encode it, or drop the sample)"

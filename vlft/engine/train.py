@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,17 +17,27 @@ from typing import Callable, Sequence
 
 import torch
 
-from vlft.engine.checkpoints import (TrainerState, check_work_dir, resolve_resume, rng_file, rng_state,
-                                     save_checkpoint, set_rng_state)
+from vlft.engine.checkpoints import (TrainerState, check_work_dir, resolve_resume, save_checkpoint, set_aside_log,
+                                     set_aside_newer)
+from vlft.engine.config_changes import Change, describe
 from vlft.engine.deepspeed_config import build_deepspeed_config, check_batch_sizes, engine_choice
 from vlft.engine.distributed import all_reduce_sum, launch_environment, world_size_from_env
+from vlft.engine.lock import work_dir_lock
 from vlft.engine.progress import TrainLog
-from vlft.errors import CheckpointError, ConfigError, DataError
+from vlft.engine.signals import StopRequest, stop_on_signals
+from vlft.engine.state_files import (load_deepspeed_state, load_optimizer_state, load_rng_state, rng_file,
+                                     save_optimizer_state, save_rng_state)
+from vlft.engine.validation import training_and_validation, validation_loss
+from vlft.errors import ConfigError, DataError
+from vlft.data.encode import IGNORE_INDEX
+from vlft.engine.trackers import check_trackers
+from vlft.model.base_fingerprint import check_checkpoint_base, fingerprint
+from vlft.model.trained_state import read_checkpoint_meta
+from vlft.model.layouts import detect_layout, safetensors_files
 from vlft.specs import ExperimentSpec
 
 DS_STATE = "ds_state"          # DeepSpeed's optimizer/scheduler shards inside a checkpoint
 DS_TAG = "state"
-PLAIN_STATE = "optimizer.pt"   # plain torch: optimizer + scheduler state dicts
 
 
 @dataclass
@@ -41,22 +52,28 @@ class TrainResult:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training, after a checkpoint of the last finished step was saved."""
+    """Ctrl-C, SIGTERM or SIGUSR1 during training, after a checkpoint of the last finished step was saved."""
 
-    def __init__(self, result: TrainResult):
-        super().__init__(f"interrupted at step {result.steps[-1] if result.steps else 0}")
-        self.result = result
+    def __init__(self, result: TrainResult, *, signal_name: str = "SIGINT", exit_code: int = 130):
+        super().__init__(f"interrupted ({signal_name}) at step {result.steps[-1] if result.steps else 0}")
+        self.result, self.signal_name, self.exit_code = result, signal_name, exit_code
+
+
+class _StopAtBoundary(Exception):
+    """A stop signal was seen by some rank: every rank leaves the loop at the same step boundary."""
 
 
 def train_from_config(config: str | Path, *, work_dir: str | None = None, deepspeed: str | None = None,
-                      cfg_options: Sequence[str] = (), resume: str | None = None,
+                      cfg_options: Sequence[str] = (), resume: str | None = None, allow_changes: bool = False,
                       on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """`vlft train`: load CONFIG (+ --cfg-options), settle work dir and engine, train.
 
     Args:
         work_dir: default engine.work_dir, else work_dirs/<config name>.
         deepspeed: "zero2", "zero3", "none" or a DeepSpeed JSON path; default engine.deepspeed.
-        resume: "auto" (the work dir's latest checkpoint, if any) or a checkpoint directory.
+        resume: "auto" (the work dir's newest intact checkpoint, if any) or a checkpoint directory.
+        allow_changes: resume although data/schedule settings changed (--resume-allow-changes); they
+            apply from the resume step and are logged. A changed model is always refused.
         on_step: called after every optimizer step with (step, loss); raising KeyboardInterrupt there
             stops training as Ctrl-C does (tests use it).
     """
@@ -65,20 +82,18 @@ def train_from_config(config: str | Path, *, work_dir: str | None = None, deepsp
     spec = load_config(config, cfg_options)
     work_dir = work_dir or spec.engine.work_dir or str(Path("work_dirs") / Path(config).stem)
     choice = engine_choice(deepspeed if deepspeed is not None else spec.engine.deepspeed)
-    return train(resolved_spec(spec, work_dir=work_dir, deepspeed=choice), resume=resume, on_step=on_step)
+    relative = [f"{key}={value}" for key, value in _paths(spec) if not Path(value).expanduser().is_absolute()]
+    notes = [f"relative paths are read from the current directory {Path.cwd()}: {', '.join(relative)}"] \
+        if relative else []
+    return train(resolved_spec(spec, work_dir=work_dir, deepspeed=choice), resume=resume,
+                 allow_changes=allow_changes, on_step=on_step, notes=notes, config_name=str(config))
 
 
-def train(spec: ExperimentSpec, *, resume: str | None = None,
-          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+def train(spec: ExperimentSpec, *, resume: str | None = None, allow_changes: bool = False,
+          on_step: Callable[[int, float], None] | None = None, notes: Sequence[str] = (),
+          config_name: str = "CONFIG") -> TrainResult:
     """Train as `spec` says (paths absolute, engine.work_dir set: see `resolved_spec`)."""
-    from transformers import set_seed
-
     from vlft.config import spec_to_dict
-    from vlft.data.dataset import build_dataset
-    from vlft.model.adapters import apply_training_policy
-    from vlft.model.load import build_vlm
-    from vlft.model.report import format_report, trainable_report
-    from vlft.model.trained_state import load_trained_state
 
     # ---- settle everything that can be wrong before anything heavy runs or anything is written
     schedule, work_dir = spec.schedule, Path(spec.engine.work_dir)
@@ -89,168 +104,253 @@ def train(spec: ExperimentSpec, *, resume: str | None = None,
     ds_config = (build_deepspeed_config(spec.engine.deepspeed, schedule, world_size=world_size, precision=precision)
                  if use_deepspeed else None)
     config_record = json.loads(json.dumps(spec_to_dict(spec), default=str))
-    resume_from = resolve_resume(resume, work_dir)
-    check_work_dir(work_dir, config_record, resume_from=resume_from)
-    state = TrainerState.load(resume_from) if resume_from else TrainerState(0, 0, 0, world_size)
-    if state.world_size != world_size:
-        raise ConfigError(f"--resume {resume_from}: written by {state.world_size} processes, this run has "
-                          f"{world_size}; resume with the same number of processes")
+    is_main = int(os.environ.get("RANK", "0")) == 0
     _check_sample_prompts(spec)
+    _check_inputs_exist(spec)
+    check_trackers(spec.engine.report_to)
 
-    with launch_environment(use_deepspeed) as dist:
-        say = print if dist.is_main else (lambda *a, **k: None)
-        say(f"vlft train -> {work_dir}  engine: {_engine_name(spec, world_size, dist.device, precision)}")
-        if resume == "auto" and resume_from is None:
-            say(f"--resume auto: no checkpoint in {work_dir} yet, starting from the base model")
-
-        # ---- model, data, batches
-        set_seed(schedule.seed)
-        model, tokenizer = build_vlm(spec.model)
-        apply_training_policy(model, spec.model)
+    with work_dir_lock(work_dir, enabled=is_main):
+        point = resolve_resume(resume, work_dir)
+        resume_from = point.checkpoint
+        changes = check_work_dir(work_dir, config_record, resume_from=resume_from, allow_changes=allow_changes)
+        state = TrainerState.load(resume_from) if resume_from else TrainerState(0, 0, 0, world_size)
         if resume_from is not None:
-            load_trained_state(model, resume_from)
-        say(format_report(trainable_report(model)))
-        dataset = build_dataset(spec, tokenizer, model.info)
-        say(f"data: {dataset.stats.summary()}")
-        plans = EpochPlans(dataset, spec, rank=dist.rank, world_size=world_size)
-        steps_per_epoch = len(plans.for_rank(0)) // schedule.gradient_accumulation
-        if steps_per_epoch == 0:
-            raise DataError(f"{len(dataset)} samples do not fill one optimizer step of {global_batch} "
-                            f"{'packed rows' if spec.data.packing else 'samples'} (schedule.micro_batch_size x "
-                            "gradient_accumulation x processes); lower them or add data")
-        total_steps = schedule.max_steps or max(1, math.ceil(schedule.epochs * steps_per_epoch))
-        warmup_steps = math.ceil(schedule.warmup_ratio * total_steps)
-        say(f"batch: {schedule.micro_batch_size} per process x {schedule.gradient_accumulation} accumulation x "
-            f"{world_size} process(es) = {global_batch} {'packed rows' if spec.data.packing else 'samples'} "
-            f"per step")
-        say(f"steps: {total_steps} ({steps_per_epoch} per epoch, {total_steps / steps_per_epoch:.2f} epochs), "
-            f"warmup {warmup_steps}")
-        say(plans.token_budget(steps_per_epoch))
-        if spec.data.packing and spec.model.attn_implementation != "flash_attention_2":
-            row = spec.data.packed_row_length
-            say(f"note: with {spec.model.attn_implementation} attention a packed row of {row} tokens attends as "
-                f"one {row}x{row} block under a mask; flash_attention_2 attends per sample, and a shorter "
-                "data.pack_length costs less (tools/bench/README.md)")
-
-        # ---- optimizer (per-part learning rates), warmup + cosine schedule, engine
-        groups = param_groups(model, schedule)
-        make_scheduler = functools.partial(_warmup_cosine, warmup_steps=warmup_steps, total_steps=total_steps,
-                                           min_lr_ratio=schedule.min_lr_ratio)
-        if use_deepspeed:
-            import deepspeed
-
-            _quiet_deepspeed()
-            own_optimizer = "optimizer" not in ds_config
-            engine, optimizer, _, scheduler = deepspeed.initialize(
-                model=model, config=ds_config,
-                optimizer=torch.optim.AdamW(groups, lr=schedule.lr) if own_optimizer else None,
-                model_parameters=None if own_optimizer else groups,
-                lr_scheduler=make_scheduler if "scheduler" not in ds_config else None)
-            if resume_from is not None:
-                loaded, _ = engine.load_checkpoint(str(resume_from / DS_STATE), tag=DS_TAG, load_module_strict=False)
-                if loaded is None:
-                    raise CheckpointError(f"{resume_from / DS_STATE}: DeepSpeed state missing or unreadable")
-        else:
-            model.to(dist.device)
-            optimizer = torch.optim.AdamW(groups, lr=schedule.lr)
-            scheduler = make_scheduler(optimizer)
-            engine = PlainEngine(model, optimizer, scheduler, accumulation=schedule.gradient_accumulation,
-                                 max_grad_norm=schedule.max_grad_norm)
-            if resume_from is not None:
-                saved = torch.load(resume_from / PLAIN_STATE, weights_only=False)
-                optimizer.load_state_dict(saved["optimizer"])
-                scheduler.load_state_dict(saved["scheduler"])
-        if resume_from is not None:
-            set_rng_state(torch.load(rng_file(resume_from, dist.rank), weights_only=False))
-            say(f"resuming from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batch})")
-
-        def write_checkpoint(tmp: Path) -> None:
-            """Everything needed to continue (all ranks), then the model state with its marker (main, last)."""
-            if use_deepspeed:
-                engine.save_checkpoint(str(tmp / DS_STATE), tag=DS_TAG, save_latest=False,
-                                       exclude_frozen_parameters=True)
+            check_checkpoint_base(read_checkpoint_meta(resume_from), resume_from)
+        if state.world_size != world_size:
+            raise ConfigError(f"--resume {resume_from}: written by {state.world_size} processes, this run has "
+                              f"{world_size}; resume with the same number of processes")
+        base_print = fingerprint(spec.model.path or {"vision": spec.model.vision.path, "llm": spec.model.llm.path})
+        with stop_on_signals() as stop, launch_environment(use_deepspeed) as dist:
+            notes = [*notes, *point.notes]
+            if resume == "auto" and resume_from is None:
+                notes.append(f"--resume auto: no checkpoint in {work_dir} yet, starting from the base model")
+            if dist.is_main and resume_from is not None:
+                aside = set_aside_newer(work_dir, resume_from)
+                if aside is not None:
+                    notes.append(f"resuming {resume_from.name} abandons the later checkpoints: they and their "
+                                 f"log are kept in {aside}")
             elif dist.is_main:
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                           tmp / PLAIN_STATE)
-            torch.save(rng_state(), rng_file(tmp, dist.rank))
-            with _gathered_for_save(model, ds_config):
-                if dist.is_main:
-                    from vlft.model.trained_state import save_trained_state
+                aside = set_aside_log(work_dir)
+                if aside is not None:
+                    notes.append(f"the log of an earlier start without a checkpoint is kept as {aside}")
+            log = TrainLog(work_dir, start_step=state.step, logging_steps=spec.engine.logging_steps,
+                           enabled=dist.is_main, config=config_record, report_to=spec.engine.report_to)
+            try:
+                return _run(spec, log, stop, dist, state=state, resume_from=resume_from, changes=changes,
+                            notes=notes, on_step=on_step, ds_config=ds_config, global_batch=global_batch,
+                            world_size=world_size, precision=precision, config_record=config_record,
+                            base_print=base_print, config_name=config_name)
+            finally:
+                log.close()
 
-                    tokenizer.save_pretrained(str(tmp))
-                    state.save(tmp)
-                    save_trained_state(model, tmp, meta={
-                        "config": config_record, "step": state.step, "epoch": plans.progress(state),
-                        "base_model": spec.model.path or {"vision": spec.model.vision.path,
-                                                          "llm": spec.model.llm.path},
-                        "engine": spec.engine.deepspeed or "torch", "world_size": world_size})
 
-        def save() -> Path:
-            path = save_checkpoint(work_dir, state.step, write_checkpoint, is_main=dist.is_main,
-                                   save_total_limit=spec.engine.save_total_limit)
-            log.echo(f"saved {path}")
-            return path
+def _run(spec: ExperimentSpec, log: TrainLog, stop: StopRequest, dist, *, state: TrainerState, resume_from,
+         changes: list[Change], notes, on_step, ds_config, global_batch: int, world_size: int, precision: str,
+         config_record: dict, base_print: dict, config_name: str) -> TrainResult:
+    """The run inside its lock, signal handlers and process group: build, train, save."""
+    from transformers import set_seed
 
-        # ---- the loop: micro-batches until total_steps optimizer steps
-        log = TrainLog(work_dir, total_steps=total_steps, start_step=state.step,
-                       logging_steps=spec.engine.logging_steps, enabled=dist.is_main)
-        result = TrainResult(work_dir=work_dir, checkpoint=resume_from)
-        saved_step = state.step if resume_from is not None else -1
-        accumulation = schedule.gradient_accumulation
-        engine.train()
-        try:
-            epoch, batch = state.epoch, state.batch
-            window = _Window()
-            while state.step < total_steps:
-                batches = plans.for_rank(epoch)
-                for inputs in plans.loader(batches, start=batch, epoch=epoch):
-                    window.add(inputs, plans.samples_in(batches[batch]))
-                    batch += 1
-                    inputs = {k: v.to(dist.device) for k, v in inputs.items() if k != "num_tokens"}
-                    loss = engine(**inputs, use_cache=False).loss
-                    engine.backward(loss)
-                    engine.step()                   # an optimizer step on accumulation boundaries only
-                    window.loss += loss.item()
-                    if batch % accumulation:
-                        continue
-                    loss_sum, tokens, samples = all_reduce_sum([window.loss / accumulation, window.tokens,
-                                                                window.samples], dist.device)
-                    step_loss = loss_sum / world_size
-                    state = TrainerState(state.step + 1, epoch, batch, world_size)
-                    result.steps.append(state.step)
-                    result.losses.append(step_loss)
-                    log.step(state.step, epoch=plans.progress(state), loss=step_loss, lrs=_lrs(engine),
-                             grad_norm=_grad_norm(engine), tokens=int(tokens), samples=int(samples),
-                             seconds=time.perf_counter() - window.start)
-                    window = _Window()
-                    if spec.engine.sample_every and state.step % spec.engine.sample_every == 0:
-                        for prompt, answer in generate_samples(engine.module, dataset.pipeline, spec, dist.device):
-                            log.echo(f"[sample @ step {state.step}] {prompt!r} -> {answer!r}")
-                    if spec.engine.save_steps and state.step % spec.engine.save_steps == 0:
-                        result.checkpoint, saved_step = save(), state.step
-                    if on_step is not None:
-                        on_step(state.step, step_loss)
-                    if state.step >= total_steps:
-                        break
-                else:
-                    epoch, batch = epoch + 1, 0
-        except KeyboardInterrupt:
-            if state.step > saved_step and state.step > 0:
-                result.checkpoint = save()
-            log.echo(f"interrupted at step {state.step}: " + (
-                f"{result.checkpoint} holds it; continue with --resume auto" if result.checkpoint
-                else "nothing to save yet"))
-            result.loss_plot = log.close()
-            raise TrainingInterrupted(result) from None
-        except BaseException:
-            log.close()
-            raise
-        if state.step > saved_step:
+    from vlft.data.dataset import build_dataset
+    from vlft.model.adapters import apply_training_policy
+    from vlft.model.load import build_vlm
+    from vlft.model.report import format_report, trainable_report
+    from vlft.model.trained_state import load_trained_state, save_trained_state
+
+    schedule, work_dir, use_deepspeed = spec.schedule, Path(spec.engine.work_dir), ds_config is not None
+    say = log.echo
+    say(f"vlft train -> {work_dir}  engine: {_engine_name(spec, world_size, dist.device, precision)}")
+    for note in notes:
+        say(f"note: {note}")
+    if changes:
+        say(f"--resume-allow-changes: applying from step {state.step}: {describe(changes)}")
+
+    # ---- model, data, batches
+    set_seed(schedule.seed)
+    model, tokenizer = build_vlm(spec.model)
+    apply_training_policy(model, spec.model)
+    if resume_from is not None:
+        load_trained_state(model, resume_from)
+    say(format_report(trainable_report(model)))
+    dataset, held_out = training_and_validation(spec, build_dataset(spec, tokenizer, model.info), tokenizer,
+                                                model.info)
+    say(f"data: {dataset.stats.summary(config_name)}" + (f"; {len(held_out)} held out for validation" if held_out
+                                                          else ""))
+    plans = EpochPlans(dataset, spec, rank=dist.rank, world_size=world_size)
+    steps_per_epoch = len(plans.for_rank(0)) // schedule.gradient_accumulation
+    if steps_per_epoch == 0:
+        raise DataError(f"{len(dataset)} samples do not fill one optimizer step of {global_batch} "
+                        f"{'packed rows' if spec.data.packing else 'samples'} (schedule.micro_batch_size x "
+                        "gradient_accumulation x processes); lower them or add data")
+    total_steps = schedule.max_steps or max(1, math.ceil(schedule.epochs * steps_per_epoch))
+    warmup_steps = math.ceil(schedule.warmup_ratio * total_steps)
+    say(f"batch: {schedule.micro_batch_size} per process x {schedule.gradient_accumulation} accumulation x "
+        f"{world_size} process(es) = {global_batch} {'packed rows' if spec.data.packing else 'samples'} per step")
+    say(f"steps: {total_steps} ({steps_per_epoch} per epoch, {total_steps / steps_per_epoch:.2f} epochs), "
+        f"warmup {warmup_steps}")
+    say(plans.token_budget(steps_per_epoch))
+    if spec.data.packing and spec.model.attn_implementation != "flash_attention_2":
+        row = spec.data.packed_row_length
+        say(f"note: with {spec.model.attn_implementation} attention a packed row of {row} tokens attends as "
+            f"one {row}x{row} block under a mask; flash_attention_2 attends per sample, and a shorter "
+            "data.pack_length costs less (tools/bench/README.md)")
+
+    # ---- optimizer (per-part learning rates), warmup + cosine schedule, engine
+    groups = param_groups(model, schedule)
+    planned = {group["name"]: (group["lr"], group["weight_decay"]) for group in groups}  # before a scheduler edits them
+    make_scheduler = functools.partial(_warmup_cosine, warmup_steps=warmup_steps, total_steps=total_steps,
+                                       min_lr_ratio=schedule.min_lr_ratio)
+    if use_deepspeed:
+        import deepspeed
+
+        _quiet_deepspeed()
+        own_optimizer = "optimizer" not in ds_config
+        engine, optimizer, _, scheduler = deepspeed.initialize(
+            model=model, config=ds_config,
+            optimizer=torch.optim.AdamW(groups, lr=schedule.lr) if own_optimizer else None,
+            model_parameters=None if own_optimizer else groups,
+            lr_scheduler=make_scheduler if "scheduler" not in ds_config else None)
+        if resume_from is not None:
+            load_deepspeed_state(engine, resume_from / DS_STATE, DS_TAG)
+    else:
+        model.to(dist.device)
+        optimizer = torch.optim.AdamW(groups, lr=schedule.lr)
+        scheduler = make_scheduler(optimizer)
+        engine = PlainEngine(model, optimizer, scheduler, accumulation=schedule.gradient_accumulation,
+                             max_grad_norm=schedule.max_grad_norm)
+        if resume_from is not None:
+            load_optimizer_state(resume_from, optimizer, scheduler)
+    if resume_from is not None:
+        if changes:
+            apply_schedule(engine.optimizer, engine.lr_scheduler, planned)
+        load_rng_state(rng_file(resume_from, dist.rank))
+        say(f"resuming from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batch})")
+    log.start(total_steps)
+
+    def write_checkpoint(tmp: Path) -> None:
+        """Everything needed to continue (all ranks), then the model state with its marker (main, last)."""
+        if use_deepspeed:
+            engine.save_checkpoint(str(tmp / DS_STATE), tag=DS_TAG, save_latest=False,
+                                   exclude_frozen_parameters=True)
+        elif dist.is_main:
+            save_optimizer_state(tmp, optimizer, scheduler)
+        save_rng_state(rng_file(tmp, dist.rank))
+        with _gathered_for_save(model, ds_config):
+            if dist.is_main:
+                tokenizer.save_pretrained(str(tmp))
+                state.save(tmp)
+                save_trained_state(model, tmp, meta={
+                    "config": config_record, "step": state.step, "epoch": plans.progress(state),
+                    "base_model": spec.model.path or {"vision": spec.model.vision.path,
+                                                      "llm": spec.model.llm.path},
+                    "base_fingerprint": base_print,
+                    "engine": spec.engine.deepspeed or "torch", "world_size": world_size})
+
+    def save() -> Path:
+        path = save_checkpoint(work_dir, state.step, write_checkpoint, is_main=dist.is_main,
+                               save_total_limit=spec.engine.save_total_limit)
+        say(f"saved {path}")
+        return path
+
+    def evaluate() -> None:
+        loss = validation_loss(engine.module, held_out, rank=dist.rank, world_size=world_size, device=dist.device)
+        log.eval(state.step, loss, samples=len(held_out))
+
+    # ---- the loop: micro-batches until total_steps optimizer steps; signals stop it at a step boundary
+    result = TrainResult(work_dir=work_dir, checkpoint=resume_from)
+    saved_step = state.step if resume_from is not None else -1
+    accumulation = schedule.gradient_accumulation
+    engine.train()
+    try:
+        epoch, batch = state.epoch, state.batch
+        window = _Window()
+        while state.step < total_steps:
+            batches = plans.for_rank(epoch)
+            for inputs in plans.loader(batches, start=batch, epoch=epoch):
+                window.add(inputs, plans.samples_in(batches[batch]))
+                batch += 1
+                has_targets = bool((inputs["labels"][..., 1:] != IGNORE_INDEX).any())
+                inputs = {k: v.to(dist.device) for k, v in inputs.items() if k != "num_tokens"}
+                loss = engine(**inputs, use_cache=False).loss
+                if not has_targets:            # only samples whose image failed mid-run: NaN loss, zero gradient
+                    loss = torch.nan_to_num(loss, nan=0.0)
+                engine.backward(loss)
+                engine.step()                   # an optimizer step on accumulation boundaries only
+                if has_targets:
+                    window.loss, window.counted = window.loss + loss.item(), window.counted + 1
+                if batch % accumulation:
+                    continue
+                loss_sum, counted, tokens, samples, stops = all_reduce_sum(
+                    [window.loss, window.counted, window.tokens, window.samples, float(stop.requested)], dist.device)
+                step_loss = loss_sum / counted if counted else float("nan")
+                state = TrainerState(state.step + 1, epoch, batch, world_size)
+                result.steps.append(state.step)
+                result.losses.append(step_loss)
+                log.step(state.step, epoch=plans.progress(state), loss=step_loss, lrs=_lrs(engine),
+                         grad_norm=_grad_norm(engine), tokens=int(tokens), samples=int(samples),
+                         seconds=time.perf_counter() - window.start)
+                window = _Window()
+                if stops:
+                    raise _StopAtBoundary
+                if spec.engine.sample_every and state.step % spec.engine.sample_every == 0:
+                    log.samples(state.step, generate_samples(engine.module, dataset.pipeline, spec, dist.device),
+                                images=[p.image or None for p in spec.engine.sample_prompts])
+                if held_out is not None and spec.engine.eval_steps and state.step % spec.engine.eval_steps == 0:
+                    evaluate()
+                if spec.engine.save_steps and state.step % spec.engine.save_steps == 0:
+                    result.checkpoint, saved_step = save(), state.step
+                if on_step is not None:
+                    on_step(state.step, step_loss)
+                if stop.requested and world_size == 1:
+                    raise _StopAtBoundary
+                if state.step >= total_steps:
+                    break
+            else:
+                epoch, batch = epoch + 1, 0
+    except (KeyboardInterrupt, _StopAtBoundary):
+        stop.saving = True
+        if state.step > saved_step and state.step > 0:
             result.checkpoint = save()
+        say(f"interrupted at step {state.step}: " + (
+            f"{result.checkpoint} holds it; continue with --resume auto" if result.checkpoint
+            else "nothing to save yet"))
         result.loss_plot = log.close()
-        say(f"done: {state.step} steps, final loss {result.losses[-1] if result.losses else float('nan'):.4f}; "
-            f"checkpoint {result.checkpoint}" + (f"; loss curve {result.loss_plot}" if result.loss_plot else ""))
-        return result
+        raise TrainingInterrupted(result, signal_name=stop.name or "SIGINT",
+                                  exit_code=stop.exit_code if stop.requested else 130) from None
+    if held_out is not None and not (spec.engine.eval_steps and state.step % spec.engine.eval_steps == 0):
+        evaluate()
+    if state.step > saved_step:
+        result.checkpoint = save()
+    final_loss = log.final_loss()
+    if dataset.stats.training_summary():
+        say(dataset.stats.training_summary())
+    result.loss_plot = log.close()
+    say(f"done: {state.step} steps, final loss {final_loss:.4f} (mean of the last logged window); "
+        f"checkpoint {result.checkpoint}" + (f"; loss curve {result.loss_plot}" if result.loss_plot else ""))
+    return result
+
+
+def apply_schedule(optimizer, scheduler, planned: dict[str, tuple[float, float]]) -> None:
+    """--resume-allow-changes: the restored optimizer and scheduler take this run's learning rates and
+    weight decay (the checkpoint's came back with their state), and the lr is recomputed at the step
+    reached, on this run's warmup and cosine."""
+    for index, group in enumerate(optimizer.param_groups):
+        if group.get("name") not in planned:
+            continue
+        lr, weight_decay = planned[group["name"]]
+        group["initial_lr"], group["weight_decay"] = lr, weight_decay
+        scheduler.base_lrs[index] = lr
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+
+
+def _paths(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """(config key, path) of every path the config gives, as written."""
+    model = spec.model
+    found = [("model.path", model.path), ("model.vision.path", model.vision.path), ("model.llm.path", model.llm.path),
+             ("engine.work_dir", spec.engine.work_dir)]
+    for i, d in enumerate(spec.data.datasets):
+        found += [(f"data.datasets[{i}].path", d.path), (f"data.datasets[{i}].image_root", d.image_root)]
+    return [(key, value) for key, value in found if value]
 
 
 def resolved_spec(spec: ExperimentSpec, *, work_dir: str, deepspeed: str | None) -> ExperimentSpec:
@@ -265,12 +365,15 @@ def resolved_spec(spec: ExperimentSpec, *, work_dir: str, deepspeed: str | None)
         vision=dataclasses.replace(model.vision, path=absolute(model.vision.path)),
         llm=dataclasses.replace(model.llm, path=absolute(model.llm.path)),
         dtype=model.dtype if torch.cuda.is_available() else "float32")
-    datasets = [dataclasses.replace(d, path=absolute(d.path), image_root=absolute(d.image_root))
-                for d in spec.data.datasets]
+
+    def located(sets):
+        return [dataclasses.replace(d, path=absolute(d.path), image_root=absolute(d.image_root)) for d in sets]
+
     prompts = [dataclasses.replace(p, image=absolute(p.image) if p.image else p.image)
                for p in spec.engine.sample_prompts]
     return dataclasses.replace(
-        spec, model=model, data=dataclasses.replace(spec.data, datasets=datasets),
+        spec, model=model, data=dataclasses.replace(spec.data, datasets=located(spec.data.datasets),
+                                                    val_datasets=located(spec.data.val_datasets)),
         engine=dataclasses.replace(spec.engine, deepspeed=deepspeed, work_dir=absolute(work_dir),
                                    sample_prompts=prompts))
 
@@ -388,7 +491,7 @@ class _Window:
     """Micro-batches of the optimizer step in progress."""
 
     def __init__(self):
-        self.loss, self.tokens, self.samples, self.start = 0.0, 0, 0, time.perf_counter()
+        self.loss, self.counted, self.tokens, self.samples, self.start = 0.0, 0, 0, 0, time.perf_counter()
 
     def add(self, inputs: dict, samples: int) -> None:
         self.tokens += int(inputs["num_tokens"])
@@ -468,6 +571,19 @@ def _check_sample_prompts(spec: ExperimentSpec) -> None:
     for i, sample in enumerate(spec.engine.sample_prompts):
         if sample.image and not Path(sample.image).is_file():
             raise ConfigError(f"engine.sample_prompts[{i}].image={sample.image}: no such file")
+
+
+def _check_inputs_exist(spec: ExperimentSpec) -> None:
+    """The base's directories and weight files and the annotation files, by their headers only: a wrong
+    path is one line before the work dir is touched."""
+    for path in filter(None, (spec.model.path, spec.model.vision.path, spec.model.llm.path)):
+        detect_layout(path)
+        safetensors_files(path)
+    for i, dataset in enumerate([*spec.data.datasets, *spec.data.val_datasets]):
+        if not Path(dataset.path).exists():
+            raise DataError(f"{dataset.path}: dataset file not found (data.datasets[{i}].path)"
+                            if i < len(spec.data.datasets) else
+                            f"{dataset.path}: dataset file not found (data.val_datasets[{i - len(spec.data.datasets)}].path)")
 
 
 def _gathered_for_save(model, ds_config):

@@ -61,7 +61,7 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str =
         merged = prepare_merge(source)  # streamed where it can be: nothing needs the model in memory
     else:
         merged = load_for_export(source)
-    with staged_output(out, overwrite=overwrite, sources=[source]) as staging:
+    with staged_output(out, overwrite=overwrite, sources=[source], log=log) as staging:
         if target == "hf":
             report, warnings = write_hf(staging, merged, dtype=dtype, max_shard_size=max_shard_size)
         else:

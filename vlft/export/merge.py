@@ -33,6 +33,7 @@ from vlft.export.hf_files import (MODEL_RECORD, export_template, exported_spec, 
                                   write_tokenizer)
 from vlft.export.staging import check_output, staged_output
 from vlft.export.writers import ShardReport, human_size, parse_size, torch_dtype, write_sharded
+from vlft.model.base_fingerprint import check_checkpoint_base
 from vlft.model.layouts import CHECKPOINT_MARKER, Layout, detect_layout
 from vlft.model.vlm import VisionLanguageModel
 
@@ -127,6 +128,7 @@ def merge_training_checkpoint(checkpoint: str | Path) -> MergedModel:
 
     checkpoint = Path(checkpoint)
     meta = read_checkpoint_meta(checkpoint)
+    check_checkpoint_base(meta, checkpoint)
     spec = spec_from_dict(meta["config"])
     # Eager attention and no checkpointing: merging runs no forward, and needs no flash-attn on this machine.
     build = dataclasses.replace(spec.model, attn_implementation="eager", gradient_checkpointing=False)
@@ -153,6 +155,7 @@ def streamed_merge(checkpoint: str | Path) -> StreamedMerge:
 
     checkpoint = Path(checkpoint)
     meta = read_checkpoint_meta(checkpoint)
+    check_checkpoint_base(meta, checkpoint)
     spec = spec_from_dict(meta["config"])
     base = streamable_base(meta)
     check_streamable(checkpoint)
@@ -310,7 +313,7 @@ def merge_checkpoint(checkpoint: str | Path, out: str | Path, *, dtype: str = "b
     parse_size(max_shard_size)
     check_output(out, overwrite=overwrite, sources=[checkpoint])
     merged = prepare_merge(checkpoint)
-    with staged_output(out, overwrite=overwrite, sources=[checkpoint]) as staging:
+    with staged_output(out, overwrite=overwrite, sources=[checkpoint], log=log) as staging:
         report = write_native(staging, merged, dtype=dtype, max_shard_size=max_shard_size)
         if merged.remote_code or merged.base_chat_config is not None:
             copy_remote_code(merged, staging / REMOTE_CODE_DIR)

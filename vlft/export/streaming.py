@@ -194,6 +194,8 @@ def merged_items(checkpoint: Path, base: Path, *, model_dtype: torch.dtype, visi
         seen = set()
         for name, tensor in base_items(base):
             name = _flat_name(name)
+            if name in seen:
+                _stored_twice(base, name)
             if name in trained:
                 key = trained.pop(name)
                 if tuple(trained_file.get_slice(key).get_shape()) != tuple(tensor.shape):
@@ -220,6 +222,13 @@ def merged_items(checkpoint: Path, base: Path, *, model_dtype: torch.dtype, visi
     left = {part: sorted(adapter.by_module)[:3] for part, adapter in adapters.items() if adapter.by_module}
     if left:
         raise CheckpointError(f"{checkpoint}: LoRA layers with no weight in the base: {left}")
+
+
+def _stored_twice(base: Path, name: str) -> None:
+    files = ", ".join(file.name for file in safetensors_files(base))
+    raise CheckpointError(f"{base}: tensor {name} is stored twice in the base's weight files ({files}): the "
+                          "directory holds the weights of more than one model (another model copied over it?); "
+                          "restore the base the checkpoint was trained on")
 
 
 def _stores_head(base: Path) -> bool:

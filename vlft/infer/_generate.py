@@ -8,21 +8,57 @@ import torch
 from vlft.data.dataset import DataPipeline
 from vlft.data.encode import encode_prompt
 from vlft.data.record import Sample
+from vlft.data.templates import UnknownTemplateError, get_template
+from vlft.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
+    """How replies are generated; checked on construction, so chat and eval refuse bad flags before loading."""
+
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+            raise ConfigError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:  # also refuses nan
+            raise ConfigError(f"--temperature must be >= 0 (0: greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+def check_template_flag(template: str | None) -> None:
+    """A --template that names no registered template: one line naming the flag and the known names."""
+    if template is None:
+        return
+    try:
+        get_template(template)
+    except UnknownTemplateError as exc:
+        raise ConfigError(f"--template: {exc}") from None
+
+
+class PromptTooLong(ConfigError):
+    """A prompt that, with the reply it may grow, does not fit the model's context."""
+
+
+def context_length(model) -> int | None:
+    """The LLM's max_position_embeddings (its text config), None when it does not say."""
+    config = getattr(getattr(model, "language_model", None), "config", None)
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def check_prompt_length(model, prompt_tokens: int, settings: GenerationSettings, *, where: str) -> None:
+    """PromptTooLong when the prompt plus --max-new-tokens exceed the model's context: a long prompt would
+    otherwise run for minutes, grow memory without bound and answer from positions the model never saw."""
+    limit = context_length(model)
+    if limit is not None and prompt_tokens + settings.max_new_tokens > limit:
+        raise PromptTooLong(
+            f"{where}: the prompt is {prompt_tokens:,} tokens; with --max-new-tokens {settings.max_new_tokens} "
+            f"that is {prompt_tokens + settings.max_new_tokens:,}, over the model's max_position_embeddings "
+            f"{limit:,}; shorten the prompt (images count too) or lower --max-new-tokens")
 
 
 @dataclass(frozen=True)

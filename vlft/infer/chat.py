@@ -12,7 +12,9 @@ import click
 
 from vlft.data.record import IMAGE_PLACEHOLDER, Sample, Turn
 from vlft.data.tiling import load_image
-from vlft.infer._generate import GenerationSettings, generate_batch, prompt_inputs
+from vlft.errors import VlftError
+from vlft.infer._generate import (GenerationSettings, PromptTooLong, check_prompt_length, check_template_flag,
+                                  generate_batch, prompt_ids, prompt_inputs)
 
 HELP = "commands: /image PATH (next question shows it), /reset (forget the conversation), /quit"
 
@@ -40,7 +42,9 @@ class ChatSession:
     def ask(self, text: str, image: str | None = None, *, streamer=None) -> str:
         """Generate the reply to `text` (streamed to `streamer` if given) and add both turns to the history."""
         sample = self.sample(text, image)
-        reply = generate_batch(self.model, self.pipeline, [prompt_inputs(self.pipeline, sample)], self.settings,
+        ids = prompt_ids(self.pipeline, sample)
+        check_prompt_length(self.model, len(ids), self.settings, where=f"chat turn {len(self.turns) // 2 + 1}")
+        reply = generate_batch(self.model, self.pipeline, [prompt_inputs(self.pipeline, sample, ids)], self.settings,
                                streamer=streamer)[0]
         self.turns, self.images = list(sample.turns) + [Turn("assistant", reply)], list(sample.images)
         return reply
@@ -64,7 +68,9 @@ def run_chat(model_path: str, *, image: str | None = None, prompt: str | None = 
     """One-shot with `prompt`; otherwise an interactive chat reading lines from `stdin`. Returns the replies."""
     from vlft.infer.loading import load_for_inference
 
+    # every flag is checked before the (slow) model load
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    check_template_flag(template)
     if image is not None:
         load_image(image)  # a bad image fails before the (slow) model load
     model, pipeline = load_for_inference(model_path, template=template)
@@ -117,8 +123,10 @@ def _interactive(session: ChatSession, image: str | None, streamer, stdin) -> li
             continue
         try:
             replies.append(session.ask(text, pending, streamer=streamer))
-        except ValueError as exc:  # e.g. a literal <image> in the text: say so, keep the conversation
-            click.echo(f"error: {exc}", err=True)
+        except (ValueError, VlftError) as exc:  # e.g. a literal <image> in the text: say so, keep the conversation
+            long_history = isinstance(exc, PromptTooLong) and session.turns
+            hint = " (/reset forgets the conversation so far)" if long_history else ""
+            click.echo(f"error: {exc}{hint}", err=True)
             continue
         click.echo()
         pending = None

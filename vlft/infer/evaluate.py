@@ -20,11 +20,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlft.data.formats import DataFormatError, DatasetSource, read_samples, read_text
 from vlft.data.record import IMAGE_PLACEHOLDER, Sample, Turn
-from vlft.errors import DataError
+from vlft.errors import ConfigError, DataError
+from vlft.infer._generate import (GenerationSettings, PromptTooLong, check_prompt_length, check_template_flag,
+                                  generate_batch, prompt_ids, prompt_inputs)
 from vlft.infer.answers import LETTERS, matches_reference, multiple_choice_prompt, parse_choice, reference_index
 
 
@@ -98,8 +102,6 @@ class EvalReport:
 
 def read_eval_file(path: str | Path, image_root: str | Path | None = None) -> list[EvalItem]:
     """Every question of an eval file (see the module docstring); a row without a reference is an error."""
-    from vlft.data.formats import DatasetSource, DataFormatError, read_samples
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"{path}: eval file not found")
@@ -123,8 +125,7 @@ def read_eval_file(path: str | Path, image_root: str | Path | None = None) -> li
 
 
 def _read_rows(path: str, suffix: str) -> list:
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path)
     if suffix == ".json" and text.lstrip().startswith("["):
         try:
             return json.loads(text)
@@ -230,12 +231,10 @@ def evaluate_model(model, pipeline, items: list[EvalItem], *, name: str, batch_s
     """Generate a reply per item (greedy, batched by prompt length) and score it."""
     from tqdm import tqdm
 
-    from vlft.infer._generate import GenerationSettings, generate_batch, prompt_ids, prompt_inputs
-
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     ids = [prompt_ids(pipeline, item.sample) for item in items]  # pixels only per batch (memory)
+    check_prompt_lengths(model, items, ids, settings)
     order = sorted(range(len(items)), key=lambda i: len(ids[i]))  # similar lengths share a batch: less padding
     replies: list[str] = [""] * len(items)
     with tqdm(total=len(items), desc=f"eval {name}", unit="q", file=sys.stderr, disable=not progress,
@@ -247,6 +246,28 @@ def evaluate_model(model, pipeline, items: list[EvalItem], *, name: str, batch_s
                 replies[i] = reply
             bar.update(len(chunk))
     return EvalReport(name, [score(item, reply) for item, reply in zip(items, replies)])
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+
+
+def check_prompt_lengths(model, items: list[EvalItem], ids: list[list[int]], settings: GenerationSettings) -> None:
+    """Refuse the file, before any generation, when a question does not fit the model's context.
+
+    An error rather than a skip: an accuracy over fewer questions than the file holds would not compare with
+    another model's (or a later run's) on the same file.
+    """
+    too_long = []
+    for item, prompt in zip(items, ids):
+        try:
+            check_prompt_length(model, len(prompt), settings, where=item.sample.where)
+        except PromptTooLong as exc:
+            too_long.append(exc)
+    if too_long:
+        others = f" ({len(too_long) - 1} more questions too long)" if len(too_long) > 1 else ""
+        raise PromptTooLong(f"{too_long[0]}{others}")
 
 
 def format_table(reports: list[EvalReport], title: str = "") -> str:
@@ -301,14 +322,23 @@ def chance_level(items: list[EvalItem]) -> float | None:
 
 
 def run_eval(models: list[str], data: str, *, image_root: str | None = None, out: str | None = None,
-             batch_size: int = 8, max_new_tokens: int = 16, template: str | None = None,
+             batch_size: int = 8, max_new_tokens: int = 16, template: str | None = None, overwrite: bool = False,
              echo=None) -> list[EvalReport]:
-    """Evaluate each model on `data`; print the table (before/after for two models); write `out` as JSONL."""
+    """Evaluate each model on `data`; print the table (before/after for two models); write `out` as JSONL.
+
+    An existing `out` is refused unless `overwrite` (``--overwrite``); `out` is never the eval file itself.
+    """
     import click
 
     from vlft.infer.loading import load_for_inference
 
     echo = echo or click.echo
+    # every flag and the output path are checked before any model loads
+    check_batch_size(batch_size)
+    GenerationSettings(max_new_tokens=max_new_tokens)
+    check_template_flag(template)
+    if out is not None:
+        check_predictions_path(out, data, overwrite=overwrite)
     items = read_eval_file(data, image_root)
     check_images(items)
     reports = []
@@ -334,12 +364,56 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def check_predictions_path(out: str | Path, data: str | Path, *, overwrite: bool) -> Path:
+    """Refuse an --out that would replace the eval file, a directory, or (without overwrite) any existing file."""
+    out = Path(out)
+    if _same_file(out, Path(data)):
+        raise ConfigError(f"--out {out}: is the eval file --data {data}; writing the predictions there would replace "
+                          "the questions; choose another --out")
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a directory; give a file path, e.g. {out / 'predictions.jsonl'}")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out {out}: exists; pass --overwrite to replace it, or choose another --out")
+    return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
 def write_predictions(path: str | Path, reports: list[EvalReport]) -> Path:
-    """Every prediction of every model as one JSON line (model, id, category, prediction, parsed, answer...)."""
+    """Every prediction of every model as one JSON line (model, id, category, prediction, parsed, answer...).
+
+    Written to a temporary file beside `path` and renamed over it, so a crash or a full disk leaves the old
+    file (or none), never half of one.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for report in reports:
-            for prediction in report.predictions:
-                f.write(json.dumps(prediction.record(report.model), ensure_ascii=False) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DataError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for report in reports:
+                for prediction in report.predictions:
+                    f.write(json.dumps(prediction.record(report.model), ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DataError(f"--out {path}: cannot write the predictions ({exc.strerror or exc}); "
+                            f"{path} was left as it was") from None
+        raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from vlft.errors import CheckpointError, ConfigError
+from vlft.infer._generate import check_template_flag
 
 #: The record `vlft merge` / `vlft convert` write beside the weights: the run's template, system prompt, tiling.
 MODEL_RECORD = "vlft_model.json"
@@ -56,13 +57,16 @@ def load_for_inference(path: str | Path, *, template: str | None = None, device:
     from vlft.data.dataset import pipeline_from_spec
     from vlft.model.layouts import Layout, detect_layout
 
+    check_template_flag(template)
     path = Path(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = "bfloat16" if device == "cuda" else "float32"
     layout = detect_layout(path)
     if layout is Layout.CHECKPOINT:
-        from vlft.model.trained_state import build_from_checkpoint
+        from vlft.model.base_fingerprint import check_checkpoint_base
+        from vlft.model.trained_state import build_from_checkpoint, read_checkpoint_meta
 
+        check_checkpoint_base(read_checkpoint_meta(path), path)
         # bitsandbytes only on a GPU: on CPU a QLoRA run's base is reloaded in full precision
         model, tokenizer, spec = build_from_checkpoint(path, quantize=device == "cuda")
         if template is not None:  # the template's own default system prompt goes with it

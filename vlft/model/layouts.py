@@ -77,11 +77,69 @@ def read_versioned_record(file: Path, version: int, missing: str) -> dict:
     return record
 
 
+#: The index transformers (and vlft's shard writer) put beside sharded weights.
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+#: A safetensors header larger than this is no header (safetensors' own limit is 100 MB).
+MAX_HEADER_BYTES = 100_000_000
+
+
+def read_safetensors_header(file: Path) -> tuple[bytes, dict]:
+    """(raw bytes of the length prefix + header JSON, parsed header) of one safetensors file, read without
+    its weights; CheckpointError naming the file when it is truncated or not safetensors at all."""
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as f:
+            prefix = f.read(8)
+            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if not 0 < length <= min(MAX_HEADER_BYTES, size - 8):
+                raise CheckpointError(f"{file}: not a valid safetensors file (invalid header; truncated or damaged "
+                                      "download?); copy it again from its source")
+            raw = f.read(length)
+    except OSError as exc:
+        raise CheckpointError(f"{file}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{file}: not a valid safetensors file (its header is not JSON; truncated or damaged "
+                              "download?); copy it again from its source") from None
+    ends = [entry["data_offsets"][1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    if 8 + length + max(ends, default=0) > size:
+        raise CheckpointError(f"{file}: truncated ({size} bytes, its header promises "
+                              f"{8 + length + max(ends)}); copy it again from its source")
+    return prefix + raw, header
+
+
 def safetensors_files(path: str | Path) -> list[Path]:
+    """The weight files of a model directory, as transformers reads them: the files the index lists when
+    there is an index, else every ``*.safetensors``. Each is checked (present, complete header) first, so a
+    damaged directory is one line naming the file, not a traceback from deep inside a loader."""
     path = Path(path)
-    files = sorted(path.glob("*.safetensors"))
+    index = path / SAFETENSORS_INDEX
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{index}: damaged (no readable weight_map: {exc})") from None
+        missing = [name for name in names if not (path / name).is_file()]
+        if missing:
+            raise CheckpointError(f"{index}: lists {missing[0]}, which is not in {path}"
+                                  + (f" ({len(missing) - 1} more shards missing)" if len(missing) > 1 else "")
+                                  + "; copy the missing shards again from the model's source")
+        files = [path / name for name in names]
+    else:
+        files = sorted(path.glob("*.safetensors"))
     if not files:
+        pickles = sorted(p.name for p in path.glob("*.bin"))
+        if pickles:
+            raise CheckpointError(
+                f"{path}: holds only {', '.join(pickles[:2])}{' ...' if len(pickles) > 2 else ''} (pickle); vlft "
+                "reads safetensors only (unpickling can run code): re-save it with safetensors: load it with "
+                "transformers' from_pretrained from a source you trust and call save_pretrained(dir), which writes "
+                "model.safetensors")
         raise CheckpointError(f"{path}: no *.safetensors weights")
+    for file in files:
+        read_safetensors_header(file)
     return files
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from vlft.errors import CheckpointError
 from vlft.model.connector import Connector
-from vlft.model.layouts import Layout, detect_layout, read_safetensors_dir
+from vlft.model.layouts import Layout, detect_layout, read_safetensors_dir, safetensors_files
 from vlft.model.vlm import VisionLanguageModel, VLMInfo
 from vlft.specs import ModelSpec, QuantSpec
 
@@ -74,6 +74,7 @@ def build_vlm(spec: ModelSpec, *, quantize: bool = True, tokenizer_dir: str | Pa
     if spec.path is not None:
         layout = detect_layout(spec.path)
         if layout in (Layout.HF_INTERNVL, Layout.HF_LLAVA):
+            safetensors_files(spec.path)  # one line for pickle-only, missing or truncated weights
             return _from_official_dir(spec.path, layout, spec, kwargs)
         if layout is Layout.INTERNVL_CHAT:
             return _from_internvl_chat_dir(spec.path, spec, kwargs)
@@ -155,6 +156,7 @@ def _from_parts(spec: ModelSpec, kwargs, tokenizer_dir=None):
         expected = Layout.VISION if key == "model.vision.path" else Layout.LLM
         if layout is not expected:
             raise CheckpointError(f"{key}={path}: expected a {expected.value} directory, found {layout.value}")
+        safetensors_files(path)  # one line for pickle-only, missing or truncated weights
     dtype = kwargs["dtype"]
     vision = AutoModel.from_pretrained(spec.vision.path, dtype=dtype, attn_implementation=kwargs["attn_implementation"])
     llm = AutoModelForCausalLM.from_pretrained(spec.llm.path, **kwargs)
