@@ -11,6 +11,7 @@ tallies them.
 from __future__ import annotations
 
 import collections
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,8 @@ class Tally:
 def main(argv: list[str]) -> int:
     tally = Tally()
     root = Path(__file__).resolve().parent.parent
+    os.chdir(root)                      # tests import `tests.export.conftest`, as `python -m pytest` allows
+    sys.path.insert(0, str(root))
     code = pytest.main(["-q", "-p", "no:cacheprovider", "-n", "2", "-m", "battery", str(root / "tests"), *argv],
                        plugins=[tally])
     print()

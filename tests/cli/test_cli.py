@@ -63,3 +63,28 @@ def test_cfg_options_take_several_words_after_one_flag(tmp_path, monkeypatch):
     assert seen["o"] == ("schedule.lr=1", "data.max_length=8", "data.packing=true")
     bad = CliRunner().invoke(main, ["check-data", str(cfg), "--cfg-options", "a=1", "stray"])
     assert bad.exit_code == 2 and "stray" in bad.output
+
+
+@pytest.mark.battery("configs", was="traceback")
+@pytest.mark.parametrize("args, expected", [
+    (["train"], "error: Missing argument 'CONFIG'. (see `vlft train --help`)"),
+    (["chat", "m", "--max-new-tokens", "many"], "error: Invalid value for '--max-new-tokens': 'many' is not a valid integer"),
+    (["nosuch"], "error: No such command 'nosuch'. (see `vlft --help`)"),
+])
+def test_a_usage_error_is_one_error_line_with_exit_2(args, expected):
+    result = CliRunner().invoke(main, args, prog_name="vlft")
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+@pytest.mark.battery("signals", was="silent")
+def test_ctrl_c_outside_training_exits_130_with_one_line(monkeypatch):
+    import vlft.infer.chat as chat
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(chat, "run_chat", interrupted)
+    result = CliRunner().invoke(main, ["chat", "m", "--prompt", "hi"])
+    assert result.exit_code == 130 and result.stderr.strip().splitlines()[-1] == "error: aborted"

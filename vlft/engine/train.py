@@ -82,7 +82,8 @@ def train_from_config(config: str | Path, *, work_dir: str | None = None, deepsp
     spec = load_config(config, cfg_options)
     work_dir = work_dir or spec.engine.work_dir or str(Path("work_dirs") / Path(config).stem)
     choice = engine_choice(deepspeed if deepspeed is not None else spec.engine.deepspeed)
-    relative = [f"{key}={value}" for key, value in _paths(spec) if not Path(value).expanduser().is_absolute()]
+    relative = [f"{key}={value}" for key, value in [*_paths(spec), ("work dir", work_dir)]
+                if not Path(value).expanduser().is_absolute()]
     notes = [f"relative paths are read from the current directory {Path.cwd()}: {', '.join(relative)}"] \
         if relative else []
     return train(resolved_spec(spec, work_dir=work_dir, deepspeed=choice), resume=resume,
@@ -173,8 +174,8 @@ def _run(spec: ExperimentSpec, log: TrainLog, stop: StopRequest, dist, *, state:
     say(format_report(trainable_report(model)))
     dataset, held_out = training_and_validation(spec, build_dataset(spec, tokenizer, model.info), tokenizer,
                                                 model.info)
-    say(f"data: {dataset.stats.summary(config_name)}" + (f"; {len(held_out)} held out for validation" if held_out
-                                                          else ""))
+    split = f"; {len(dataset)} to train on, {len(held_out)} held out for validation" if held_out is not None else ""
+    say(f"data: {dataset.stats.summary(config_name)}{split}")
     plans = EpochPlans(dataset, spec, rank=dist.rank, world_size=world_size)
     steps_per_epoch = len(plans.for_rank(0)) // schedule.gradient_accumulation
     if steps_per_epoch == 0:
@@ -346,8 +347,7 @@ def apply_schedule(optimizer, scheduler, planned: dict[str, tuple[float, float]]
 def _paths(spec: ExperimentSpec) -> list[tuple[str, str]]:
     """(config key, path) of every path the config gives, as written."""
     model = spec.model
-    found = [("model.path", model.path), ("model.vision.path", model.vision.path), ("model.llm.path", model.llm.path),
-             ("engine.work_dir", spec.engine.work_dir)]
+    found = [("model.path", model.path), ("model.vision.path", model.vision.path), ("model.llm.path", model.llm.path)]
     for i, d in enumerate(spec.data.datasets):
         found += [(f"data.datasets[{i}].path", d.path), (f"data.datasets[{i}].image_root", d.image_root)]
     return [(key, value) for key, value in found if value]
