@@ -330,3 +330,30 @@ def test_auto_resume_with_only_an_unfinished_checkpoint_starts_fresh_and_keeps_t
     assert "checkpoint-2 never finished saving" in result.output
     (kept,) = work.glob("train_log.*.jsonl")
     assert kept.read_text() == old_log
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A small tmpfs we may remount read-only (a real EROFS, which root's permissions cannot bypass)."""
+    where = tmp_path / "mnt"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root in a mount namespace)")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.mark.battery("work-dirs", was="traceback")
+def test_resuming_in_a_read_only_work_dir_is_one_line_before_the_model_loads(zero2_config, tmpfs, monkeypatch):
+    work = tmpfs / "work"
+    with pytest.raises(TrainingInterrupted):
+        train_from_config(zero2_config, work_dir=str(work), on_step=_stop_at(2))
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    import vlft.model.load as load
+
+    monkeypatch.setattr(load, "build_vlm", lambda *a, **k: pytest.fail("the model was loaded"))
+    result = CliRunner().invoke(main, ["train", str(zero2_config), "--work-dir", str(work), "--resume", "auto"])
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    (line,) = result.stderr.strip().splitlines()
+    assert line == f"error: {work}: the work dir is on a read-only filesystem; choose another --work-dir"

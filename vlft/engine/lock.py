@@ -52,6 +52,8 @@ def work_dir_lock(work_dir: Path, *, enabled: bool = True) -> Iterator[None]:
 def _make_dir(work_dir: Path) -> bool:
     """Create the work dir (and parents); True when it did not exist. One line for what stands in the way."""
     if work_dir.is_dir():
+        if os.statvfs(work_dir).f_flag & os.ST_RDONLY:
+            raise ConfigError(f"{work_dir}: the work dir is on a read-only filesystem; choose another --work-dir")
         if not os.access(work_dir, os.W_OK | os.X_OK):
             raise ConfigError(f"{work_dir}: the work dir is not writable; fix its permissions or choose "
                               "another --work-dir")
