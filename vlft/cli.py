@@ -171,10 +171,28 @@ def merge(checkpoint, out, dtype, max_shard_size, overwrite):
     merge_checkpoint(checkpoint, out, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite)
 
 
+class _ExportTargetChoice(click.Choice):
+    """`--to`: the names in vlft.export.targets.TARGETS, read only when click needs them (that package imports
+    torch, which the CLI's start-up must not)."""
+
+    def __init__(self):
+        super().__init__(())
+
+    @property
+    def choices(self):
+        from vlft.export.targets import TARGETS
+
+        return tuple(TARGETS)
+
+    @choices.setter
+    def choices(self, _value):  # click.Choice.__init__ assigns; the registry is the source
+        pass
+
+
 @main.command()
 @click.argument("checkpoint", type=click.Path(file_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--to", "target", type=click.Choice(["hf", "internvl-chat"]), required=True,
+@click.option("--to", "target", type=_ExportTargetChoice(), required=True,
               help="hf: transformers-native (vLLM, LMDeploy, transformers); internvl-chat: original layout.")
 @click.option("--verify/--no-verify", default=None,
               help="Compare logits and greedy tokens with transformers' class (default: on when importable).")
@@ -219,6 +237,35 @@ def chat(model, image, prompt, max_new_tokens, temperature, top_p, template):
 
     run_chat(model, image=image, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
              top_p=top_p, template=template)
+
+
+@main.command()
+@click.argument("model", type=click.Path(file_okay=False))
+@click.option("--compare", type=click.Path(file_okay=False),
+              help="A second model (e.g. the base) that gets the same questions; its answers are shown beside.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 lets other machines in (no authentication unless --auth).")
+@click.option("--port", default=7860, show_default=True)
+@click.option("--auth", metavar="USER:PASS", help="Ask for this user name and password before the page opens.")
+@click.option("--max-new-tokens", default=256, show_default=True, help="The page's starting value.")
+@click.option("--temperature", default=0.0, show_default=True, help="The page's starting value; 0 means greedy.")
+@click.option("--top-p", default=1.0, show_default=True, help="The page's starting value.")
+@click.option("--template", default=None, help=TEMPLATE_HELP)
+@user_errors
+def web(model, compare, host, port, auth, max_new_tokens, temperature, top_p, template):
+    """Chat with MODEL in a browser; with --compare, with a second model side by side (needs vlft[web]).
+
+    \b
+    Example:
+      vlft web work/food/hf --compare base/            (then open http://127.0.0.1:7860)
+    Upload an image, ask, see both answers stream and the tiles each image was cut into.
+    """
+    _quiet_libraries()
+    from vlft.infer._generate import GenerationSettings
+    from vlft.infer.web import serve
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    serve(model, compare=compare, host=host, port=port, auth=auth, template=template, settings=settings)
 
 
 @main.command("eval")
