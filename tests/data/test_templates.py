@@ -374,8 +374,7 @@ def test_unknown_template_suggests_nearest():
         get_template("vicuna")
 
 
-def test_image_tokens_validation():
-    with pytest.raises(ValueError, match="style"):
-        ImageTokens("qwen", "<image>")
-    with pytest.raises(ValueError, match="start_token"):
-        ImageTokens("internvl", "<IMG_CONTEXT>", None, None)
+def test_image_tokens_need_both_ends_of_a_wrapped_run_or_neither():
+    with pytest.raises(ValueError, match="start_token and end_token"):
+        ImageTokens("<IMG_CONTEXT>", "<img>", None)
+    assert ImageTokens("<IMG_CONTEXT>", "<img>", "</img>").wraps and not ImageTokens("<image>").wraps

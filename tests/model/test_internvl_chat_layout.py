@@ -397,8 +397,8 @@ def test_released_internvl2_chat_config_maps_to_native():
         chat_config_to_native(dict(chat_config, ps_version="v1"), image_token_id=1)
     with pytest.raises(LayoutError, match="use_llm_lora=128"):
         chat_config_to_native(dict(chat_config, use_llm_lora=128), image_token_id=1)
-    with pytest.raises(LayoutError, match="Phi3ForCausalLM"):
-        chat_config_to_native(dict(chat_config, llm_config={"architectures": ["Phi3ForCausalLM"]}), image_token_id=1)
+    with pytest.raises(LayoutError, match="GptOssForCausalLM"):
+        chat_config_to_native(dict(chat_config, llm_config={"architectures": ["GptOssForCausalLM"]}), image_token_id=1)
 
 
 def test_tied_chat_head_is_written_out_from_the_embeddings(native_models):

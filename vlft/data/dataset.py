@@ -1,5 +1,10 @@
 """Samples -> model inputs: tokenized once up front (lengths known, bad samples counted), pixels on demand.
 
+`build_dataset` encodes through the on-disk cache (`vlft.data.rows`: parallel `datasets.map`, memory-mapped
+Arrow rows, built once and reopened by later runs, resumes, other ranks and check-data) and returns a
+`CachedDataset`; `SupervisedDataset` is the same dataset encoded in this process into Python lists (small
+sets, tests, and the comparison in tools/bench/bench_data.py). Both index the same samples in the same order.
+
 Before training only image headers are read (a full decode of a large set would take too long); an image
 that then fails to decode while training is skipped and counted (data.on_bad_sample='skip'), or stops the
 run naming the sample and the image ('error').
@@ -8,20 +13,26 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
-from vlft.data.encode import (IGNORE_INDEX, INTERNVL_IMAGE_TOKENS, LLAVA_IMAGE_TOKENS, EncodedSample, ImageTokens,
-                              SampleError, encode_sample)
+from vlft.data.encode import IGNORE_INDEX, EncodedSample, ImageTokens, SampleError, encode_sample
+from vlft.data.formats import DatasetSource, ReadReport, read_all
 from vlft.data.problems import MALFORMED, MISSING_IMAGE, TOO_LONG, UNREADABLE_IMAGE
 from vlft.data.record import Sample
+from vlft.data.rows import EncodedRows, encode_rows
 from vlft.data.templates import ChatTemplate, get_template
-from vlft.data.tiling import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ImageError, ImageNotFoundError, \
-    TilingSpec, file_error, load_image, num_tiles, shared_tile_budget, tiles_for_image
+from vlft.data.tiling import ImageError, ImageNotFoundError, TilingSpec, load_image, num_tiles, read_image_header, \
+    shared_tile_budget, tiles_for_image
 from vlft.errors import ConfigError, DataError
+from vlft.families import family_named
 
 #: Training-time warnings (an image that fails to decode mid-run), one line each. With no handler set up,
 #: logging's last-resort handler prints the bare line to stderr, from DataLoader workers too.
@@ -67,7 +78,8 @@ def pipeline_from_spec(spec, tokenizer, info) -> DataPipeline:
     if tile_size != info.tile_size:
         raise ConfigError(f"data.tiling.tile_size={settings.tile_size} and the vision encoder's input size "
                           f"{info.tile_size} contradict; leave data.tiling.tile_size unset to use the encoder's")
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if info.family == "internvl" else (CLIP_MEAN, CLIP_STD)
+    family = family_named(info.family)
+    mean, std = family.mean, family.std
     tiling = TilingSpec(mode=settings.mode, tile_size=tile_size, min_tiles=settings.min_tiles,
                         max_tiles=settings.max_tiles, use_thumbnail=settings.use_thumbnail,
                         grid_pinpoints=tuple(tuple(p) for p in settings.grid_pinpoints), mean=mean, std=std)
@@ -76,7 +88,7 @@ def pipeline_from_spec(spec, tokenizer, info) -> DataPipeline:
     except KeyError as exc:
         raise ConfigError(f"data.template: {exc}") from None
     return DataPipeline(tokenizer=tokenizer, template=template, tiling=tiling,
-                        image_tokens=INTERNVL_IMAGE_TOKENS if info.family == "internvl" else LLAVA_IMAGE_TOKENS,
+                        image_tokens=family.image_tokens,
                         tokens_per_tile=info.tokens_per_tile, max_length=spec.data.max_length,
                         system_prompt=spec.data.system_prompt)
 
@@ -171,9 +183,12 @@ class SupervisedDataset(Dataset):
     def has_image(self) -> list[bool]:
         return [bool(s.images) for s in self.samples]
 
-    def __getitem__(self, index: int) -> dict:
+    def _ids_and_labels(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = self.encoded[index]
-        labels = encoded.labels
+        return (torch.tensor(encoded.input_ids, dtype=torch.long), torch.tensor(encoded.labels, dtype=torch.long))
+
+    def __getitem__(self, index: int) -> dict:
+        input_ids, labels = self._ids_and_labels(index)
         try:
             pixels = self._pixels(index)
         except (ImageError, OSError) as exc:
@@ -183,13 +198,10 @@ class SupervisedDataset(Dataset):
                                 "to train on without it)") from None
             # Same ids and tile count, so batch plans, packing and exact resume are unchanged; zero tiles
             # and every label ignored, so the sample teaches nothing.
-            pixels = torch.zeros(self.tiles[index], 3, self.pipeline.tiling.tile_size, self.pipeline.tiling.tile_size)
-            labels = [IGNORE_INDEX] * len(labels)
-        return {
-            "input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "pixel_values": pixels,
-        }
+            pixels = torch.zeros(int(self.tiles[index]), 3, self.pipeline.tiling.tile_size,
+                                 self.pipeline.tiling.tile_size)
+            labels = torch.full_like(labels, IGNORE_INDEX)
+        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixels}
 
     def _pixels(self, index: int) -> torch.Tensor:
         sample = self.samples[index]
@@ -211,48 +223,193 @@ class SupervisedDataset(Dataset):
 
 
 def _image_size(path: str, sample: Sample) -> tuple[int, int]:
-    from PIL import Image
-
-    try:
-        file = open(path, "rb")
-    except OSError as exc:
-        raise file_error(path, exc) from None
-    try:
-        with file, Image.open(file) as image:
-            return image.size
-    except Exception as exc:  # PIL raises several types for a file that is not an image
-        raise ImageError(f"cannot read image {path}: {exc}") from None
+    """(width, height) as shown: after the EXIF rotation that load_image applies."""
+    header = read_image_header(path)
+    return header.width, header.height
 
 
-def build_dataset(spec, tokenizer, info, *, seed: int | None = None) -> SupervisedDataset:
-    """Read every dataset of the spec and encode it (what `vlft train` feeds the model)."""
-    from vlft.data.formats import DatasetSource, ReadReport, read_all
+class CachedDataset(SupervisedDataset):
+    """The encoded rows of the cache (`vlft.data.rows`), memory-mapped: `__getitem__` reads one row.
 
+    Same samples, order, ids, labels, pixels, stats and mid-run image handling as `SupervisedDataset`;
+    `lengths`, `has_image` and `tiles` are numpy arrays, `samples` a lazy sequence (turns not kept).
+    """
+
+    def __init__(self, rows: EncodedRows, pipeline: DataPipeline, *, on_bad_sample: str = "skip"):
+        self.pipeline, self.on_bad_sample, self.rows = pipeline, on_bad_sample, rows
+        self.stats = EncodeStats()
+        no_problem = rows.table.column("kind").is_null().to_numpy(zero_copy_only=False)
+        lengths = rows.numpy("length")
+        usable = no_problem & (lengths <= pipeline.max_length)  # per row
+        order = rows.order
+        for position in np.flatnonzero(~usable[order]):  # epoch order: a repeated bad row counts each time
+            reason, problem = self._problem(int(order[position]))
+            if on_bad_sample == "error":
+                raise DataError(f"{problem} (data.on_bad_sample='error'; set 'skip' to drop such samples)")
+            self.stats.dropped[reason] += 1
+            self.stats.problems.append(problem)
+        self.index = order[usable[order]]                      # dataset index -> row
+        self._lengths = lengths[self.index].astype(np.int64)   # batch plans read these, never Python objects
+        self.tiles = rows.numpy("tiles")[self.index].astype(np.int64)
+        images = pc.list_value_length(rows.table.column("images")).to_numpy(zero_copy_only=False)
+        self._has_image = images[self.index] > 0
+        self.samples = _LazySamples(rows, self.index)
+        self.stats.kept = len(self.index)
+        if not len(self.index):
+            raise DataError(f"no usable samples ({self.stats.summary()}); first problem: "
+                            f"{self.stats.problems[0] if self.stats.problems else 'the datasets are empty'}")
+
+    def _problem(self, row: int) -> tuple[str, str]:
+        table = self.rows.table
+        kind = table.column("kind")[row].as_py()
+        if kind is not None:
+            return kind, table.column("problem")[row].as_py()
+        where = f"{table.column('source')[row].as_py()}:{table.column('id')[row].as_py()}"
+        return TOO_LONG, (f"{where}: {int(self.rows.numpy('length')[row])} tokens > data.max_length="
+                          f"{self.pipeline.max_length} (never cut inside an image; dropped)")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self._lengths
+
+    @property
+    def has_image(self) -> np.ndarray:
+        return self._has_image
+
+    @property
+    def encoded(self) -> Sequence[EncodedSample]:
+        """The rows as EncodedSamples (lazy; for inspection and tests: training reads `__getitem__`)."""
+        return _LazyEncoded(self)
+
+    def _ids_and_labels(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, labels = self.rows.ids_and_labels(int(self.index[index]))
+        return torch.from_numpy(ids), torch.from_numpy(labels)
+
+    @property
+    def cache_line(self) -> str:
+        """One line for the run's log: where the cache is, built or opened."""
+        return self.rows.cache_line
+
+
+class _LazySamples(Sequence):
+    def __init__(self, rows: EncodedRows, index: np.ndarray):
+        self.rows, self.index = rows, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.rows.sample(int(self.index[i]))
+
+
+class _LazyEncoded(Sequence):
+    def __init__(self, dataset: CachedDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        row = int(self.dataset.index[i])
+        ids, labels = self.dataset.rows.ids_and_labels(row)
+        return EncodedSample(input_ids=ids.tolist(), labels=labels.tolist(),
+                             num_image_tokens=int(self.dataset.rows.numpy("image_tokens")[row]), image_spans=())
+
+
+def sources_of(spec) -> list[DatasetSource]:
+    """The spec's data.datasets as reader sources, each file checked to exist (one line naming it)."""
     sources = [DatasetSource(path=d.path, format=d.format, image_root=d.image_root, repeat=d.repeat,
                              max_tiles=d.max_tiles, name=d.name) for d in spec.data.datasets]
     if not sources:
         raise ConfigError("data.datasets is empty: add at least one dict(path=...)")
-    for source in sources:
-        if not Path(source.path).exists():
-            raise DataError(f"{source.path}: dataset file not found (data.datasets[].path)")
-    report = ReadReport()  # collected under 'error' too: the rows kept with a warning are counted either way
+    missing = [s.path for s in sources if not Path(s.path).exists()]
+    if missing:
+        raise DataError(f"{', '.join(missing)}: dataset file not found (data.datasets[].path)")
+    return sources
+
+
+def build_dataset(spec, tokenizer, info, *, seed: int | None = None, cache: bool = True,
+                  cache_dir: str | Path | None = None, num_proc: int | None = None, builder: bool = True,
+                  wait: Callable[[], None] | None = None) -> SupervisedDataset:
+    """Read every dataset of the spec and encode it (what `vlft train` feeds the model).
+
+    Args:
+        cache: encode through the on-disk cache (`vlft.data.rows`; default). False encodes every sample here,
+            into Python lists, as before the cache (small sets, and the benchmark's comparison).
+        cache_dir: the cache root (default $VLFT_CACHE_DIR or ~/.cache/vlft/datasets).
+        num_proc: encoding processes (default: the usable CPUs, at most 8; one for a small set).
+        builder, wait: with several processes, exactly one per cache folder builds (`rows.builds_cache`), and
+            every process passes the same barrier as `wait`; the others then open what it built.
+    """
+    sources = sources_of(spec)
+    seed = spec.schedule.seed if seed is None else seed
+    pipeline = pipeline_from_spec(spec, tokenizer, info)
+    on_bad = spec.data.on_bad_sample
+    if not cache:
+        return _encode_here(sources, pipeline, seed=seed, on_bad_sample=on_bad)
     try:
-        samples = read_all(sources, seed=spec.schedule.seed if seed is None else seed, report=report)
+        rows = encode_rows(sources, pipeline, seed=seed, root=cache_dir, num_proc=num_proc, builder=builder,
+                           wait=wait)
     except DataError:
         raise
     except ValueError as exc:  # a reader bug must still reach the user as one line naming the data
         raise DataError(f"{', '.join(s.path for s in sources)}: {exc}") from None
-    if report.problems and spec.data.on_bad_sample == "error":
-        more = f" (and {len(report.problems) - 1} more: vlft check-data lists them)" if len(report.problems) > 1 else ""
-        raise DataError(f"{report.problems[0]}{more} (data.on_bad_sample='error'; set 'skip' to drop such samples)")
-    dataset = SupervisedDataset(samples, pipeline_from_spec(spec, tokenizer, info),
-                                on_bad_sample=spec.data.on_bad_sample)
-    if report.problems:  # first, as they were found first (and check-data lists them first)
-        dataset.stats.dropped = Counter({MALFORMED: len(report.problems), **dataset.stats.dropped})
-        dataset.stats.problems[:0] = report.problems
-    kept = {s.where for s in dataset.samples}
-    for warning in report.warnings:
-        if warning.where in kept:  # a row dropped later is counted as dropped, not twice
-            dataset.stats.warned[warning.kind] += 1
-            dataset.stats.warnings.append(warning.line)
+    problems = rows.read_problems
+    if problems and on_bad == "error":
+        raise DataError(_first_of(problems))
+    if not rows.num_rows:
+        stats = EncodeStats(dropped=Counter({MALFORMED: len(problems)}) if problems else Counter())
+        raise DataError(f"no usable samples ({stats.summary()}); first problem: "
+                        f"{problems[0] if problems else 'the datasets are empty'}")
+    dataset = CachedDataset(rows, pipeline, on_bad_sample=on_bad)
+    _add_read_report(dataset.stats, problems, rows.read_warnings, kept_where=_kept_where(dataset, rows))
     return dataset
+
+
+def _encode_here(sources, pipeline, *, seed: int, on_bad_sample: str) -> SupervisedDataset:
+    report = ReadReport()  # collected under 'error' too: the rows kept with a warning are counted either way
+    try:
+        samples = read_all(sources, seed=seed, report=report)
+    except DataError:
+        raise
+    except ValueError as exc:  # a reader bug must still reach the user as one line naming the data
+        raise DataError(f"{', '.join(s.path for s in sources)}: {exc}") from None
+    if report.problems and on_bad_sample == "error":
+        raise DataError(_first_of(report.problems))
+    dataset = SupervisedDataset(samples, pipeline, on_bad_sample=on_bad_sample)
+    _add_read_report(dataset.stats, report.problems, report.warnings, kept_where={s.where for s in dataset.samples})
+    return dataset
+
+
+def _first_of(problems: list[str]) -> str:
+    more = f" (and {len(problems) - 1} more: vlft check-data lists them)" if len(problems) > 1 else ""
+    return f"{problems[0]}{more} (data.on_bad_sample='error'; set 'skip' to drop such samples)"
+
+
+def _kept_where(dataset: CachedDataset, rows: EncodedRows) -> set[str]:
+    """"file:id" of the kept rows that have a read warning (only those: a million strings cost memory)."""
+    if not rows.read_warnings:
+        return set()
+    wheres = rows.where()
+    flagged = pc.is_in(wheres, value_set=pa.array(sorted({w.where for w in rows.read_warnings})))
+    kept = np.zeros(rows.num_rows, dtype=bool)
+    kept[dataset.index] = True
+    mask = flagged.to_numpy(zero_copy_only=False) & kept
+    return set(wheres.filter(pa.array(mask)).to_pylist())
+
+
+def _add_read_report(stats: EncodeStats, problems: list[str], warnings, *, kept_where: set[str]) -> None:
+    if problems:  # first, as they were found first (and check-data lists them first)
+        stats.dropped = Counter({MALFORMED: len(problems), **stats.dropped})
+        stats.problems[:0] = problems
+    for warning in warnings:
+        if warning.where in kept_where:  # a row dropped later is counted as dropped, not twice
+            stats.warned[warning.kind] += 1
+            stats.warnings.append(warning.line)

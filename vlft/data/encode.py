@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from .problems import BAD_SAMPLE, EMPTY_ANSWER, NO_ASSISTANT
 from .record import IMAGE_PLACEHOLDER, ROLES, Sample, Turn
+from vlft.families import INTERNVL, LLAVA, ImageTokens
+
 from .templates import ChatTemplate
 
 IGNORE_INDEX = -100
@@ -32,28 +34,9 @@ class SampleError(ValueError):
         self.kind = kind
 
 
-@dataclass(frozen=True)
-class ImageTokens:
-    """How one image is written in the ids.
-
-    style "internvl": ``start_token`` + ``context_token``*n + ``end_token``;
-    style "llava": ``context_token``*n (``start_token``/``end_token`` are not used).
-    """
-
-    style: str            # "internvl" | "llava"
-    context_token: str    # "<IMG_CONTEXT>" or "<image>"
-    start_token: str | None = "<img>"
-    end_token: str | None = "</img>"
-
-    def __post_init__(self):
-        if self.style not in ("internvl", "llava"):
-            raise ValueError(f"ImageTokens.style must be 'internvl' or 'llava', got {self.style!r}")
-        if self.style == "internvl" and not (self.start_token and self.end_token):
-            raise ValueError("ImageTokens(style='internvl') needs start_token and end_token (e.g. <img>, </img>)")
-
-
-INTERNVL_IMAGE_TOKENS = ImageTokens("internvl", "<IMG_CONTEXT>", "<img>", "</img>")
-LLAVA_IMAGE_TOKENS = ImageTokens("llava", "<image>", None, None)
+#: The families' image tokens, for callers that name one directly (tests, tools); the family is the source.
+INTERNVL_IMAGE_TOKENS = INTERNVL.image_tokens
+LLAVA_IMAGE_TOKENS = LLAVA.image_tokens
 
 
 @dataclass(frozen=True)
@@ -180,7 +163,7 @@ def _encode(pieces: list[tuple[str, bool]], tokenizer, image_tokens: ImageTokens
                           f"{_plural(len(tokens_per_image), 'image')}; the text must not contain "
                           f"{image_tokens.context_token} literally")
     run_ends: tuple[list[int], list[int]] = ([], [])
-    if image_tokens.style == "internvl":
+    if image_tokens.wraps:
         start_id = _token_id(tokenizer, image_tokens.start_token, required=need_ids)
         end_id = _token_id(tokenizer, image_tokens.end_token, required=need_ids)
         if {start_id, end_id} & set(ids):
@@ -223,7 +206,7 @@ def encode_sample(sample: Sample, tokenizer, template: ChatTemplate, *, image_to
         sample: the conversation; user turns hold one "<image>" per entry of ``sample.images``.
         tokenizer: a transformers tokenizer that knows the template's and the image tokens as special tokens.
         template: the chat format (``get_template(name)``).
-        image_tokens: how an image is written in the ids (``INTERNVL_IMAGE_TOKENS``, ``LLAVA_IMAGE_TOKENS``).
+        image_tokens: how an image is written in the ids (the model family's ``image_tokens``).
         tokens_per_image: context tokens of image k (tokens per tile x tiles for InternVL; 576 for LLaVA-1.5).
         system_prompt: replaces the template's default system prompt; the sample's own system turn wins.
 

@@ -1,9 +1,11 @@
 """`vlft check-data`: read every sample of a config's datasets, report all problems, tiles and token budgets.
 
-Read-only: nothing is written and no model weights are loaded (the tokenizer and `VLMInfo` come from the
-model directory's config.json and tokenizer files, see `vlft.model.facts`). Every image is decoded in full,
-so a truncated file fails here rather than hours into training. Every problem is one ``file:sample-id: ...``
-line, and all of them are collected in one run.
+Nothing of the user's is written and no model weights are loaded (the tokenizer and `VLMInfo` come from the
+model directory's config.json and tokenizer files, see `vlft.model.facts`). The samples are encoded by the
+same parallel pass into the same cache as training (`vlft.data.rows`): a check-data before `vlft train`
+builds what training then opens, and the reverse. Every image is decoded in full, so a truncated file fails
+here rather than hours into training. Every problem is one ``file:sample-id: ...`` line, and all of them are
+collected in one run. Images with an EXIF rotation are counted (they train upright, see `tiling.to_rgb`).
 """
 from __future__ import annotations
 
@@ -14,15 +16,13 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 # The kinds are re-exported: they are check-data's vocabulary (tests and callers import them from here).
 from vlft.data.problems import (BAD_SAMPLE, EMPTY_ANSWER, IMAGE_COUNT, IMAGE_OUTSIDE_ROOT, KEPT_WITH_WARNING,
                                 LEADING_ASSISTANT, MALFORMED, MISSING_IMAGE, NO_ASSISTANT, NO_SAMPLES, TOO_LONG,
                                 UNREADABLE_IMAGE, USER_TURNS_MERGED)
-from vlft.data.record import IMAGE_PLACEHOLDER, Sample
-from vlft.errors import ConfigError, DataError
+from vlft.data.record import IMAGE_PLACEHOLDER
 
 #: Problem kinds in report order. "too long" is a warning when data.on_bad_sample="skip"; the kinds of rows
 #: that training keeps (KEPT_WITH_WARNING) are always warnings; the rest are errors.
@@ -78,6 +78,7 @@ class PreflightReport:
     images_decoded: int = 0              # distinct image files that decoded in full
     images_missing: int = 0              # ... that are not there (or a symlink to nothing)
     images_unreadable: int = 0           # ... that are there but do not open or decode
+    images_rotated: int = 0              # ... whose EXIF orientation rotates or mirrors them (trained upright)
     encoded: int = 0                     # distinct samples tokenized (the token percentiles are over these)
     usable: int = 0                      # distinct samples training would keep
     problems: dict[str, list[str]] = field(default_factory=dict)        # kind -> "file:id: problem" lines
@@ -120,7 +121,7 @@ def check_data_from_config(config: str | os.PathLike, cfg_options: Sequence[str]
 
 
 def check_data(spec, *, config: str = "", tokenizer=None, info=None, workers: int | None = None,
-               log: Callable[[str], None] | None = None) -> PreflightReport:
+               log: Callable[[str], None] | None = None, num_proc: int | None = None) -> PreflightReport:
     """Read every sample of `spec.data.datasets` and collect all problems, tile counts and token budgets.
 
     Args:
@@ -130,23 +131,18 @@ def check_data(spec, *, config: str = "", tokenizer=None, info=None, workers: in
             config.json and tokenizer files without loading weights (`vlft.model.facts.model_facts`).
         workers: threads decoding images (PIL releases the GIL while decoding); default min(8, CPUs).
         log: called with a progress line before the long part (decoding).
+        num_proc: processes of the encoding pass (default: `vlft.data.rows.default_procs`).
 
     Raises:
         DataError: a dataset file is missing or cannot be read at all.
         ConfigError: data.datasets is empty, or the data settings do not fit the model.
         CheckpointError: the model directory is missing or not a model.
     """
-    from vlft.data.dataset import pipeline_from_spec
-    from vlft.data.formats import DatasetSource
+    from vlft.data.dataset import pipeline_from_spec, sources_of
+    from vlft.data.rows import encode_rows
 
     data = spec.data
-    sources = [DatasetSource(path=d.path, format=d.format, image_root=d.image_root, repeat=d.repeat,
-                             max_tiles=d.max_tiles, name=d.name) for d in data.datasets]
-    if not sources:
-        raise ConfigError("data.datasets is empty: add at least one dict(path=...)")
-    missing = [s.path for s in sources if not Path(s.path).exists()]
-    if missing:
-        raise DataError(f"{', '.join(missing)}: dataset file not found (data.datasets[].path)")
+    sources = sources_of(spec)
     if tokenizer is None or info is None:
         from vlft.model.facts import model_facts
 
@@ -161,87 +157,68 @@ def check_data(spec, *, config: str = "", tokenizer=None, info=None, workers: in
                                     f"(max {data.tiling.max_tiles} tiles)"))
     problems: dict[str, list[str]] = {kind: [] for kind in KINDS}
 
-    distinct, epoch, read, empty = _read(sources, seed=spec.schedule.seed)
-    for line in read.problems:
+    encoded_rows = encode_rows(sources, pipeline, seed=spec.schedule.seed, num_proc=num_proc, say=log)
+    for line in encoded_rows.read_problems:
         problems[IMAGE_COUNT if _READ_MISMATCH.search(line) else MALFORMED].append(line)
-    for warning in read.warnings:  # rows kept with a warning
+    for warning in encoded_rows.read_warnings:  # rows kept with a warning
         problems[warning.kind].append(warning.line)
-    report.samples_per_dataset = {**Counter(s.dataset for s in distinct), **dict.fromkeys(empty, 0)}
-    report.samples_per_epoch = dict(Counter(s.dataset for s in epoch))
+    rows = encoded_rows.table.select(["source", "id", "dataset", "images", "placeholders", "has_assistant", "kind",
+                                      "problem", "length", "image_tokens", "tile_counts", "orientations"]).to_pylist()
+    order = encoded_rows.order
+    report.samples_per_dataset = {**Counter(r["dataset"] for r in rows), **dict.fromkeys(encoded_rows.empty, 0)}
+    report.samples_per_epoch = dict(Counter(rows[i]["dataset"] for i in order))
 
     # Decode every distinct image once, in threads.
-    paths = list(dict.fromkeys(p for s in distinct for p in s.images))
+    paths = list(dict.fromkeys(p for r in rows for p in r["images"]))
+    rotated = {p for r in rows for p, o in zip(r["images"], r["orientations"]) if o != 1}
     workers = workers or min(8, os.cpu_count() or 1)
     if log is not None:
-        log(f"check-data: {len(distinct)} samples, decoding {len(paths)} images with {workers} threads ...")
+        log(f"check-data: {len(rows)} samples, decoding {len(paths)} images with {workers} threads ...")
     image_problems = _decode_all(paths, workers)
     report.images_checked = len(paths)
     report.images_missing = sum(kind == MISSING_IMAGE for kind, _ in image_problems.values())
     report.images_unreadable = len(image_problems) - report.images_missing
     report.images_decoded = len(paths) - len(image_problems)
+    report.images_rotated = len(rotated - set(image_problems))
 
-    # Check and encode every distinct sample.
-    lengths: dict[Sample, int] = {}  # by value: a second read (fractional repeats) gives equal, new objects
+    # Check every distinct sample, from its encoded row.
+    lengths: dict[int, int] = {}  # row -> tokens, for the rows training keeps
     image_counts, text_counts, total_counts = [], [], []
     tiles: Counter = Counter()
-    for sample in distinct:
-        found = _sample_problems(sample, image_problems)
+    for number, row in enumerate(rows):
+        found = _row_problems(row, image_problems)
         if found:
             for kind, line in found:
                 problems[kind].append(line)
             continue
-        try:
-            counts, encoded = _encode(sample, pipeline)
-        except _Problem as problem:
-            problems[problem.kind].append(problem.line)
+        if row["kind"] is not None:  # what the encoding pass found (a bad sample, an image header)
+            problems[row["kind"]].append(row["problem"])
             continue
-        total = len(encoded.input_ids)
-        image_counts.append(encoded.num_image_tokens)
-        text_counts.append(total - encoded.num_image_tokens)
+        total, image_tokens = row["length"], row["image_tokens"]
+        image_counts.append(image_tokens)
+        text_counts.append(total - image_tokens)
         total_counts.append(total)
-        tiles.update(counts)
+        tiles.update(row["tile_counts"])
         if total > data.max_length:
             action = "an error" if data.on_bad_sample == "error" else "dropped"
-            problems[TOO_LONG].append(f"{sample.where}: {total} tokens > data.max_length={data.max_length} "
-                                      f"({encoded.num_image_tokens} image tokens; {action}, "
+            problems[TOO_LONG].append(f"{row['source']}:{row['id']}: {total} tokens > data.max_length="
+                                      f"{data.max_length} ({image_tokens} image tokens; {action}, "
                                       f"data.on_bad_sample={data.on_bad_sample!r})")
             continue
-        lengths[sample] = total
+        lengths[number] = total
 
     report.encoded, report.usable = len(total_counts), len(lengths)
     if not lengths:
-        problems[NO_SAMPLES].append(f"{config or 'data.datasets'}: none of the {len(distinct)} samples read is "
+        problems[NO_SAMPLES].append(f"{config or 'data.datasets'}: none of the {len(rows)} samples read is "
                                     "usable, so training would stop at once")
     report.problems = {kind: lines for kind, lines in problems.items() if lines}
     report.tile_histogram = dict(sorted(tiles.items()))
     report.image_tokens = Percentiles.of(image_counts)
     report.text_tokens = Percentiles.of(text_counts)
     report.total_tokens = Percentiles.of(total_counts)
-    _plan_efficiency(report, [s for s in epoch if s in lengths], lengths, spec)
+    kept_epoch = [int(i) for i in order if int(i) in lengths]
+    _plan_efficiency(report, [lengths[i] for i in kept_epoch], [bool(rows[i]["images"]) for i in kept_epoch], spec)
     return report
-
-
-def _read(sources, *, seed: int):
-    """(every distinct row, what one epoch sees with repeats applied, the ReadReport, empty datasets).
-
-    Each source is read with repeat 1, so rows a fractional repeat leaves out are checked too; repeats
-    are the same Sample objects (an InternVL meta's repeat_time repeats them inside one read), so each
-    row is checked once. A source with a repeat is read a second time for the epoch's composition.
-    """
-    from vlft.data.formats import ReadReport, read_samples
-
-    report = ReadReport()
-    rows: list[Sample] = []
-    epoch: list[Sample] = []
-    empty: list[str] = []
-    for source in sources:
-        part = read_samples(replace(source, repeat=1.0), seed=seed, report=report)
-        if not part:
-            empty.append(source.name or Path(source.path).stem)
-        rows.extend(part)
-        epoch.extend(part if source.repeat == 1.0 else read_samples(source, seed=seed, report=ReadReport()))
-    distinct = list({id(s): s for s in rows}.values())
-    return distinct, epoch, report, empty
 
 
 def _decode_all(paths: list[str], workers: int) -> dict[str, tuple[str, str]]:
@@ -268,52 +245,24 @@ def _decode_one(path: str) -> tuple[str, str] | None:
     return None
 
 
-def _sample_problems(sample: Sample, image_problems: dict[str, tuple[str, str]]) -> list[tuple[str, str]]:
-    """(kind, line) for each image and structure problem of one sample (all of them, not the first)."""
-    found = [(kind, f"{sample.where}: {message}") for kind, message in
-             (image_problems[p] for p in sample.images if p in image_problems)]
-    placeholders = sum(turn.text.count(IMAGE_PLACEHOLDER) for turn in sample.turns)
-    if placeholders != len(sample.images):
-        found.append((IMAGE_COUNT, f"{sample.where}: {placeholders} '{IMAGE_PLACEHOLDER}' placeholder(s) but "
-                                   f"{len(sample.images)} image(s)"))
-    if not any(turn.role == "assistant" for turn in sample.turns):
-        found.append((NO_ASSISTANT, f"{sample.where}: no assistant turn, so nothing to train on"))
+def _row_problems(row: dict, image_problems: dict[str, tuple[str, str]]) -> list[tuple[str, str]]:
+    """(kind, line) for each image and structure problem of one row (all of them, not the first)."""
+    where = f"{row['source']}:{row['id']}"
+    found = [(kind, f"{where}: {message}") for kind, message in
+             (image_problems[p] for p in row["images"] if p in image_problems)]
+    if row["placeholders"] != len(row["images"]):
+        found.append((IMAGE_COUNT, f"{where}: {row['placeholders']} '{IMAGE_PLACEHOLDER}' placeholder(s) but "
+                                   f"{len(row['images'])} image(s)"))
+    if not row["has_assistant"]:
+        found.append((NO_ASSISTANT, f"{where}: no assistant turn, so nothing to train on"))
     return found
 
 
-class _Problem(Exception):
-    """A sample that cannot be encoded: its kind and its report line."""
-
-    def __init__(self, kind: str, line: str):
-        super().__init__(line)
-        self.kind, self.line = kind, line
-
-
-def _encode(sample: Sample, pipeline):
-    """(tile counts per image, EncodedSample); raises _Problem when the sample cannot be encoded."""
-    from vlft.data.encode import SampleError
-    from vlft.data.tiling import ImageError, ImageNotFoundError
-
-    try:
-        counts = pipeline.tile_counts(sample)
-    except ImageError as exc:
-        kind = MISSING_IMAGE if isinstance(exc, ImageNotFoundError) else UNREADABLE_IMAGE
-        raise _Problem(kind, f"{sample.where}: {exc}") from None
-    try:
-        return counts, pipeline.encode(sample, counts)
-    except SampleError as exc:
-        raise _Problem(exc.kind, str(exc)) from None
-    except ValueError as exc:  # the tokenizer lacks a token the template or images need: every sample fails
-        raise DataError(f"{sample.where}: {exc}") from None
-
-
-def _plan_efficiency(report: PreflightReport, kept_epoch: list[Sample], lengths: dict[Sample, int], spec) -> None:
+def _plan_efficiency(report: PreflightReport, epoch_lengths: list[int], has_image: list[bool], spec) -> None:
     """Token efficiency of one epoch's batches, padded and packed, for the configured micro batch size."""
     from vlft.data.collate import token_efficiency
     from vlft.data.sampler import plan_batches
 
-    epoch_lengths = [lengths[s] for s in kept_epoch]
-    has_image = [bool(s.images) for s in kept_epoch]
     if not epoch_lengths:
         return
     common = dict(batch_size=spec.schedule.micro_batch_size, seed=spec.schedule.seed, epoch=0,
@@ -343,6 +292,9 @@ def format_report(report: PreflightReport, *, max_lines: int = MAX_LINES_PER_KIN
     out.append(f"  total: {_plural(sum(report.samples_per_dataset.values()), 'sample')} read{skipped}; "
                f"{_plural(report.images_checked, 'image file')}: {report.images_decoded:,} decoded, "
                f"{failed:,} failed{why}; {_plural(report.usable, 'sample')} usable")
+    if report.images_rotated:
+        out.append(f"  {_plural(report.images_rotated, 'image')} carry an EXIF rotation: trained upright, as "
+                   "viewers, transformers' load_image and vLLM show them")
 
     out += ["", "problems:" if report.problems else "problems: none"]
     for kind in KINDS:

@@ -16,7 +16,8 @@ ends with ``"ASSISTANT:"`` while the reply is written ``" answer"``: the space b
 token, so the generation prompt must stop before it.
 
 Sources of the pieces: InternVL ``internvl_chat/internvl/conversation.py`` (``internlm2-chat``,
-``internvl2_5``) and its ``preprocess_internlm`` / ``preprocess_internvl2_5`` for BOS and label spans;
+``internvl2_5``, ``Hermes-2``, ``phi3-chat``) and its ``preprocess_internlm`` / ``preprocess_internvl2_5`` /
+``preprocess_mpt`` / ``preprocess_phi3`` for BOS and label spans;
 LLaVA ``llava/conversation.py`` (``conv_vicuna_v1``, ``conv_llava_plain``) and ``preprocess_plain``;
 LLaVA-NeXT ``conv_llava_llama_3``; Qwen2's chat template for ``chatml``.
 """
@@ -27,10 +28,12 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from vlft.families import INTERNVL, LLAVA
+
 from .record import IMAGE_PLACEHOLDER
 
-INTERNVL_IMAGE_PLACEHOLDER = "<IMG_CONTEXT>"  # transformers' InternVLProcessor expands this one
-LLAVA_IMAGE_PLACEHOLDER = "<image>"           # transformers' LlavaProcessor expands this one
+INTERNVL_IMAGE_PLACEHOLDER = INTERNVL.image_placeholder  # transformers' InternVLProcessor expands this one
+LLAVA_IMAGE_PLACEHOLDER = LLAVA.image_placeholder        # transformers' LlavaProcessor expands this one
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,21 @@ TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in (
     _chatml("internlm2-chat", _INTERNVL2_SYSTEM, separator="", bos="<s>"),
     # InternVL2.5 / 3 on Qwen2.5: "<|im_end|>\n"; preprocess_internvl2_5 trains "<|im_end|>", masks the "\n".
     _chatml("internvl2_5", _INTERNVL2_5_SYSTEM, separator="\n", stop_words=("<|im_end|>", "<|endoftext|>")),
+    # InternVL2 on Llama-3 (InternVL2-Llama3-76B): internlm2-chat without the BOS; InternVL's preprocess_mpt
+    # tokenizes without one. conversation.py's stop_str "<|endoftext|>" also ends a reply.
+    _chatml("Hermes-2", _INTERNVL2_SYSTEM, separator="", stop_words=("<|im_end|>", "<|endoftext|>")),
+    # InternVL2 on Phi-3 (InternVL2-4B): conversation.py's phi3-chat, MPT style (role + message + "<|end|>",
+    # nothing between turns); the Phi-3 tokenizer adds <s>, which preprocess_phi3 masks.
+    ChatTemplate(
+        name="phi3-chat",
+        system="<|system|>\n{system}<|end|>",
+        default_system=_INTERNVL2_SYSTEM,
+        user="<|user|>\n{content}<|end|>",
+        assistant_header="<|assistant|>\n",
+        end_of_turn="<|end|>",
+        stop_words=("<|end|>",),
+        bos="<s>",
+    ),
     # Plain Qwen-style chatml with Qwen's neutral default system prompt.
     _chatml("chatml", "You are a helpful assistant.", separator="\n", stop_words=("<|im_end|>", "<|endoftext|>")),
     # LLaVA-1.5 (conv_vicuna_v1, SeparatorStyle.TWO, sep=" ", sep2="</s>"); the Llama tokenizer adds <s>.

@@ -392,10 +392,93 @@ def shared_tile_budget(max_tiles: int, num_images: int) -> int:
     return max(1, max_tiles // num_images)
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB, fully decoded, so a bad file fails here with its path.
+#: EXIF Orientation (tag 0x0112) -> the transpose that shows the image upright, as Pillow's ImageOps.exif_transpose.
+_ORIENTATION_TAG = 0x0112
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
-    No EXIF rotation is applied: InternVL and LLaVA training code does not apply it either.
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, without decoding pixels."""
+
+    width: int        # as shown, i.e. after the EXIF rotation (what load_image returns and tiling sees)
+    height: int
+    orientation: int  # the EXIF Orientation tag, 1 (upright) when absent; 2-8 rotate or mirror
+
+    @property
+    def rotated(self) -> bool:
+        return self.orientation in _UPRIGHT
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a broken EXIF block: Pillow raises several types; the pixels are still fine
+        return 1
+    return value if isinstance(value, int) and value in _UPRIGHT else 1
+
+
+def read_image_header(path: str | os.PathLike) -> ImageHeader:
+    """The displayed size and EXIF orientation of an image file, from its header only (fast, no decode).
+
+    Example:
+        >>> read_image_header("/no/such.jpg")
+        Traceback (most recent call last):
+        ...
+        vlft.data.tiling.ImageNotFoundError: image not found: /no/such.jpg
+    """
+    try:
+        file = open(path, "rb")
+    except OSError as err:
+        raise file_error(path, err) from None
+    try:
+        with file, Image.open(file) as image:
+            (width, height), orientation = image.size, _orientation(image)
+    except Exception as err:  # PIL raises several types for a file that is not an image
+        raise ImageError(f"cannot read image {os.fspath(path)}: {err}") from None
+    if orientation >= 5:  # 5-8 swap the sides
+        width, height = height, width
+    return ImageHeader(width, height, orientation)
+
+
+def _sixteen_to_eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit grey ("I;16", or "I" holding 0..65535 as Pillow reads 16-bit PNGs) -> 8-bit "L", v * 255 / 65535
+    rounded. Pillow's own convert() clips at 255 instead, which turns nearly every such image white."""
+    levels = np.asarray(image).astype(np.int64).clip(0, 65535)  # [H, W]
+    return Image.fromarray(((levels * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A decoded image as upright 8-bit RGB, as serving code sees it.
+
+    - 16-bit grey is scaled to 8 bit (not clipped white);
+    - the EXIF orientation is applied, as transformers' ``load_image`` (what a processor given a path or URL
+      uses), vLLM and every image viewer do, so training sees what chat, eval and serving see;
+    - transparency (an alpha band or a palette/grey transparent colour) is composited onto white, as
+      transformers' ``convert_to_rgb`` (``do_convert_rgb=True`` in the exported processor) does;
+    - CMYK, palette and grey without transparency go through Pillow's ``convert("RGB")``, as there.
+
+    Example:
+        >>> to_rgb(Image.new("LA", (2, 1), (0, 0))).getpixel((0, 0))
+        (255, 255, 255)
+    """
+    orientation = _orientation(image)
+    if image.mode in _SIXTEEN_BIT_MODES:
+        image = _sixteen_to_eight_bit(image)
+    if orientation in _UPRIGHT:
+        image = image.transpose(_UPRIGHT[orientation])
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as upright 8-bit RGB (see ``to_rgb``), fully decoded, so a bad file fails here with
+    its path.
 
     Example:
         >>> load_image("/no/such.jpg")
@@ -409,9 +492,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise file_error(path, err) from None
     try:
         with file, Image.open(file) as image:
-            # convert() forces the decode that Image.open defers, so truncated files fail here too.
+            # load() forces the decode that Image.open defers, so truncated files fail here too.
             # (ImageFile.LOAD_TRUNCATED_IMAGES stays False: half an image is never trained on.)
-            return image.convert("RGB")
+            image.load()
+            return to_rgb(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(
             f"cannot read image {os.fspath(path)}: {err} (re-encode it, or drop the sample)"

@@ -532,28 +532,25 @@ class PlainEngine:
 
 def generate_samples(model, pipeline, spec: ExperimentSpec, device) -> list[tuple[str, str]]:
     """Greedy answers to engine.sample_prompts, so a user watches the model learn (XTuner's chat hook)."""
-    from vlft.data.encode import encode_prompt
+    from vlft.data.prompt import generation_prompt, stop_kwargs
     from vlft.data.record import IMAGE_PLACEHOLDER, Turn
     from vlft.data.tiling import load_image, tiles_for_image
 
-    tokenizer, template = pipeline.tokenizer, pipeline.template
-    vocab = tokenizer.get_vocab()
-    stops = [vocab[w] for w in (*template.stop_words, template.end_of_turn) if w in vocab]
-    stops += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    tokenizer = pipeline.tokenizer
+    stops = stop_kwargs(tokenizer, pipeline.template)  # the rule chat, eval and the export share
     answers = []
     was_training = model.training
     model.eval()
     for sample in spec.engine.sample_prompts:
-        text, pixels, counts = sample.prompt, None, []
+        text, pixels, tiles = sample.prompt, None, []
         if sample.image:
             pixels = tiles_for_image(load_image(sample.image), pipeline.tiling).to(device)
-            counts = [pixels.shape[0] * pipeline.tokens_per_tile]
+            tiles = [pixels.shape[0]]
             if IMAGE_PLACEHOLDER not in text:
                 text = f"{IMAGE_PLACEHOLDER}\n{text}"
-        ids = encode_prompt([Turn("user", text)], tokenizer, template, image_tokens=pipeline.image_tokens,
-                            tokens_per_image=counts, system_prompt=pipeline.system_prompt)
+        ids = generation_prompt(pipeline, [Turn("user", text)], tiles)
         new = model.generate(torch.tensor([ids], device=device), pixel_values=pixels, do_sample=False,
-                             max_new_tokens=spec.engine.sample_max_new_tokens, eos_token_id=stops or None,
+                             max_new_tokens=spec.engine.sample_max_new_tokens, **stops,
                              pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         answers.append((sample.prompt, tokenizer.decode(new[0], skip_special_tokens=True).strip()))
     model.train(was_training)

@@ -17,18 +17,17 @@ import json
 import shutil
 from pathlib import Path
 
-from vlft.errors import CheckpointError, ConfigError
+from vlft.errors import CheckpointError
 from vlft.export.hf_files import (INTERNVL_CHAT_TEMPLATE_NAMES, MODEL_RECORD, export_template,
                                   read_model_record, training_tiling, write_generation_config, write_model_record,
                                   write_processor_files, write_tokenizer)
-from vlft.export.merge import (MergedModel, StreamedMerge, export_state, load_for_export, model_record,
-                               prepare_merge, release, write_native)
+from vlft.export.merge import (MergedModel, StreamedMerge, load_for_export, model_record, prepare_merge,
+                               write_native)
 from vlft.export.staging import check_output, staged_output
-from vlft.export.verify import official_class_available, official_class_name
+from vlft.export.targets import TARGETS, ExportTarget, target_named
 from vlft.export.writers import ShardReport, human_size, parse_size, torch_dtype, write_sharded
+from vlft.families import FAMILIES, family_named
 from vlft.model.layouts import CHECKPOINT_MARKER, detect_layout
-
-TARGETS = ("hf", "internvl-chat")
 
 
 def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str = "hf", verify: bool | None = None,
@@ -51,27 +50,24 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str =
     """
     source, out = Path(checkpoint), Path(out)
     peek = peek_source(source)
-    check_target(target, peek, source)
+    chosen = check_target(target, peek, source)
     weights_dtype = torch_dtype(dtype)
     parse_size(max_shard_size)
     check_output(out, overwrite=overwrite, sources=[source])
-    run_verify = _resolve_verify(verify, target, peek["family"])
+    run_verify = chosen.resolve_verify(family_named(peek["family"]), verify)
 
     if not run_verify and (source / CHECKPOINT_MARKER).is_file():
         merged = prepare_merge(source)  # streamed where it can be: nothing needs the model in memory
     else:
         merged = load_for_export(source)
     with staged_output(out, overwrite=overwrite, sources=[source], log=log) as staging:
-        if target == "hf":
-            report, warnings = write_hf(staging, merged, dtype=dtype, max_shard_size=max_shard_size)
-        else:
-            report, warnings = write_internvl_chat(staging, merged, dtype=dtype, max_shard_size=max_shard_size)
+        report, warnings = chosen.write(staging, merged, dtype=dtype, max_shard_size=max_shard_size)
         for warning in warnings:
             log(f"warning: {warning}")
         log(f"{target}: {len(report.weight_map)} tensors, {human_size(report.total_bytes)} {dtype} in "
             f"{len(report.shard_bytes)} shard(s), the largest {human_size(report.largest_shard_bytes)}")
         if run_verify:
-            result = _verify(staging, merged, target=target, dtype=weights_dtype)
+            result = chosen.verify(staging, merged, dtype=weights_dtype)
             log(result.summary())
     log(f"wrote {out}")
     return out
@@ -100,29 +96,17 @@ def peek_source(source: Path) -> dict:
                           f"{MODEL_RECORD}); give a training checkpoint or the output of `vlft merge`")
 
 
-def check_target(target: str, peek: dict, source: Path) -> None:
-    if target not in TARGETS:
-        raise ConfigError(f"--to {target!r} is not one of {', '.join(TARGETS)}")
-    if target != "internvl-chat":
-        return
-    if peek["family"] != "internvl":
-        name = {"llava": "LLaVA"}.get(peek["family"], peek["family"])
-        raise CheckpointError(f"--to internvl-chat: {source} holds a {name} model, and the InternVL-chat layout is "
-                              "for InternVL models only; use --to hf")
-    if peek["template"] not in INTERNVL_CHAT_TEMPLATE_NAMES:
-        raise CheckpointError(f"--to internvl-chat: the run's template {peek['template']!r} is not one InternVL's "
-                              f"remote code knows ({', '.join(INTERNVL_CHAT_TEMPLATE_NAMES)}); use --to hf, whose "
-                              "chat template is written in full")
-
-
-def _resolve_verify(verify: bool | None, target: str, family: str) -> bool:
-    if target == "internvl-chat":
-        return verify is not False
-    available = official_class_available(family)
-    if verify and not available:
-        raise ConfigError(f"--verify: this transformers has no {official_class_name(family)}; "
-                          "upgrade transformers or pass --no-verify")
-    return available if verify is None else bool(verify)
+def check_target(target: str, peek: dict, source: Path) -> ExportTarget:
+    """The target, once the source's family supports it and the target accepts the source."""
+    chosen = target_named(target)
+    family = family_named(peek["family"])
+    if chosen.name not in family.export_targets:
+        able = [f.display_name for f in FAMILIES.values() if chosen.name in f.export_targets]
+        raise CheckpointError(f"--to {chosen.name}: {source} holds a {family.display_name} model, and the "
+                              f"{chosen.title} layout is for {' and '.join(able)} models only; use --to "
+                              f"{' or --to '.join(t for t in family.export_targets if t in TARGETS)}")
+    chosen.check_source(peek, source)
+    return chosen
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,21 +171,4 @@ def write_internvl_chat(out: Path, merged: MergedModel | StreamedMerge, *, dtype
     return report, warnings
 
 
-# ------------------------------------------------------------------------------------------------
-# Verification of the staged directory
 
-
-def _verify(staging: Path, merged: MergedModel, *, target: str, dtype):
-    from vlft.export.verify import check_written_tensors, verify_hf_export, verify_internvl_chat_export
-    from vlft.export.writers import iter_safetensors_dir
-
-    state = export_state(merged.model)
-    if target == "internvl-chat":
-        fields = chat_training_fields(merged.spec, merged.model.info)
-        return verify_internvl_chat_export(staging, state, dtype=dtype, training_fields=fields)
-    tensors = check_written_tensors(iter_safetensors_dir(staging), state, dtype=dtype)
-    del state
-    release(merged)  # the logit check loads one fp32 model at a time from the written files
-    result = verify_hf_export(staging)
-    result.tensors = tensors
-    return result

@@ -7,13 +7,16 @@ training did.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
 
+from vlft.data.prompt import stop_token_ids
 from vlft.data.templates import INTERNVL_IMAGE_PLACEHOLDER, LLAVA_IMAGE_PLACEHOLDER, ChatTemplate, get_template
-from vlft.data.tiling import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, TilingSpec
+from vlft.data.tiling import TilingSpec
 from vlft.errors import CheckpointError, ConfigError
+from vlft.families import family_named
 from vlft.export.writers import DTYPES
 from vlft.model.layouts import read_versioned_record
 from vlft.model.vlm import VisionLanguageModel, VLMInfo
@@ -29,6 +32,9 @@ INTERNVL_NAMED_TOKENS = {
     "video_token": "<video>",
 }
 LLAVA_NAMED_TOKENS = {"image_token": LLAVA_IMAGE_PLACEHOLDER}
+#: What an image is written as in the original InternVL-chat layout's prompts: InternVL's own `chat`,
+#: vLLM's and LMDeploy's InternVL processors replace each "<image>" with <img> + <IMG_CONTEXT>*n + </img>.
+CHAT_LAYOUT_IMAGE_PLACEHOLDER = "<image>"
 #: InternVL's own conversation templates (internvl/conversation.py) that vlft's templates equal.
 INTERNVL_CHAT_TEMPLATE_NAMES = {"internlm2-chat": "internlm2-chat", "internvl2_5": "internvl2_5"}
 
@@ -37,15 +43,18 @@ INTERNVL_CHAT_TEMPLATE_NAMES = {"internlm2-chat": "internlm2-chat", "internvl2_5
 # Template and tiling of the run
 
 
-def export_template(spec, family: str) -> ChatTemplate:
+def export_template(spec, family: str, *, layout: str = "hf") -> ChatTemplate:
     """The training template as the exported chat template: the run's system prompt becomes its default,
-    and an image is written as the token the family's processor expands (<IMG_CONTEXT> or <image>)."""
+    and an image is written as the placeholder the layout's processor expands: <IMG_CONTEXT> (transformers'
+    InternVLProcessor) or <image> (LlavaProcessor; the InternVL-chat layout's servers and InternVL's `chat`)."""
     try:
         template = get_template(spec.data.template)
     except KeyError as exc:
         raise ConfigError(f"data.template: {exc}") from None
     changes = {}
     placeholder = INTERNVL_IMAGE_PLACEHOLDER if family == "internvl" else LLAVA_IMAGE_PLACEHOLDER
+    if layout == "internvl-chat":
+        placeholder = CHAT_LAYOUT_IMAGE_PLACEHOLDER
     if template.image_placeholder != placeholder:
         changes["image_placeholder"] = placeholder
     if spec.data.system_prompt is not None:
@@ -56,12 +65,12 @@ def export_template(spec, family: str) -> ChatTemplate:
 def training_tiling(spec, info: VLMInfo) -> TilingSpec:
     """The TilingSpec training used (vlft.data.dataset.pipeline_from_spec builds the same one)."""
     settings = spec.data.tiling
-    internvl = info.family == "internvl"
+    family = family_named(info.family)
     return TilingSpec(mode=settings.mode, tile_size=settings.tile_size or info.tile_size,
                       min_tiles=settings.min_tiles, max_tiles=settings.max_tiles,
                       use_thumbnail=settings.use_thumbnail,
                       grid_pinpoints=tuple(tuple(p) for p in settings.grid_pinpoints),
-                      mean=IMAGENET_MEAN if internvl else CLIP_MEAN, std=IMAGENET_STD if internvl else CLIP_STD)
+                      mean=family.mean, std=family.std)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -76,42 +85,23 @@ def official_config(model: VisionLanguageModel, *, dtype: str):
 
 def official_config_of(text_config, vision_config, info: VLMInfo, *, vocab_size: int, dtype: str):
     """official_config from the parts' configs alone (the streamed merge has no model)."""
-    from transformers import InternVLConfig, LlavaConfig
-
+    family = family_named(info.family)
     text = text_config.to_dict()
     text["tie_word_embeddings"] = False
     text["vocab_size"] = vocab_size
     vision = vision_config.to_dict()
-    common = dict(vision_config=vision, text_config=text, projector_hidden_act="gelu",
-                  vision_feature_layer=info.select_layer, vision_feature_select_strategy="default",
-                  tie_word_embeddings=False)
-    if info.family == "internvl":
-        config = InternVLConfig(image_token_id=info.image_token_id, image_seq_length=info.tokens_per_tile,
-                                downsample_ratio=info.downsample_ratio, **common)
-        config.architectures = ["InternVLForConditionalGeneration"]
-    else:
-        config = LlavaConfig(image_token_index=info.image_token_id, image_seq_length=info.tokens_per_tile,
-                             multimodal_projector_bias=True, **common)
-        config.architectures = ["LlavaForConditionalGeneration"]
+    config = family.config_class()(
+        vision_config=vision, text_config=text, projector_hidden_act="gelu", vision_feature_layer=info.select_layer,
+        vision_feature_select_strategy=info.select_strategy, tie_word_embeddings=False, **family.config_fields(info))
+    config.architectures = [family.official_class_name]
     config.tie_word_embeddings = False
     for part in (config, config.text_config, config.vision_config):
         part.dtype = DTYPES[dtype]
     return config
 
 
-def stop_token_ids(tokenizer, template: ChatTemplate) -> list[int]:
-    """Ids of the template's stop words that are single tokens (the generation config's eos ids)."""
-    ids: list[int] = []
-    for word in template.stop_words:
-        encoded = tokenizer.encode(word, add_special_tokens=False)
-        if len(encoded) == 1 and encoded[0] not in ids:
-            ids.append(encoded[0])
-    if not ids and tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return ids
-
-
 def write_generation_config(out: Path, tokenizer, template: ChatTemplate) -> list[int]:
+    """generation_config.json whose eos ids are vlft.data.prompt's stop rule (as chat and training samples)."""
     from transformers import GenerationConfig
 
     eos = stop_token_ids(tokenizer, template)
@@ -138,7 +128,16 @@ def write_tokenizer(out: Path, tokenizer, *, family: str, template: ChatTemplate
     needed = INTERNVL_NAMED_TOKENS["context_image_token"] if family == "internvl" else LLAVA_IMAGE_PLACEHOLDER
     if needed not in vocab:
         raise CheckpointError(f"the tokenizer has no {needed} token, which the model's image slots need")
-    named = {name: token for name, token in named.items() if token in vocab}  # <video> is optional
+    if _written_layout(out) == "internvl-chat" and family == "internvl":
+        template = dataclasses.replace(template, image_placeholder=CHAT_LAYOUT_IMAGE_PLACEHOLDER)
+    missing = [token for token in named.values() if token not in vocab]
+    if missing:
+        # InternVLProcessor reads every name (video_token too, though vlft trains no video), and a
+        # transformers 5 tokenizer adds a named token it lacks at load time anyway: add it here, once, so
+        # every reader (vLLM's tokenizer, older transformers) sees the same ids. A copy: the caller's
+        # tokenizer stays as trained.
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.add_tokens(missing, special_tokens=True)
     previous = tokenizer.chat_template
     tokenizer.chat_template = template.jinja
     try:
@@ -157,6 +156,16 @@ def write_tokenizer(out: Path, tokenizer, *, family: str, template: ChatTemplate
 _LOADING_FLAGS = ("is_local", "local_files_only")
 
 
+def _written_layout(out: Path) -> str:
+    """"internvl-chat" when OUT's config.json (written first; servers pick their processor by it) is the
+    original InternVL-chat layout, else "hf"."""
+    try:
+        config = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return "hf"
+    return "internvl-chat" if config.get("model_type") == "internvl_chat" else "hf"
+
+
 # ------------------------------------------------------------------------------------------------
 # Processor files (written by hand: InternVLProcessor needs torchvision, which vlft does not require)
 
@@ -170,33 +179,45 @@ def write_processor_files(out: Path, info: VLMInfo, tiling: TilingSpec) -> list[
     common = dict(size=size, image_mean=list(tiling.mean), image_std=list(tiling.std),
                   resample=PILImageResampling.BICUBIC, do_resize=True, do_rescale=True, rescale_factor=1 / 255,
                   do_normalize=True, do_convert_rgb=True)
-    if info.family == "internvl":
-        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
-
-        if tiling.mode == "dynamic" and not tiling.use_thumbnail:
-            warnings.append("data.tiling.use_thumbnail=False: transformers' GotOcr2 image processor always adds a "
-                            "thumbnail tile, so its tiles differ from training for multi-tile images")
-        dynamic = tiling.mode == "dynamic"
-        # InternVLProcessor calls the image processor with crop_to_patches=True whatever this file says, so
-        # "resize" (one plain tile) is also written as a 1..1 patch budget, which crops to exactly that.
-        image_processor = GotOcr2ImageProcessorPil(crop_to_patches=dynamic,
-                                                   min_patches=tiling.min_tiles if dynamic else 1,
-                                                   max_patches=tiling.max_tiles if dynamic else 1, **common)
-        processor = {"processor_class": "InternVLProcessor", "image_seq_length": info.tokens_per_tile}
-    else:
-        from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
-
-        if tiling.mode == "anyres":
-            warnings.append("data.tiling.mode='anyres': LlavaProcessor does not tile (LLaVA-NeXT is another "
-                            "architecture); the exported processor feeds one resized image")
-        image_processor = LlavaImageProcessorPil(do_pad=tiling.mode == "pad_square", do_center_crop=False,
-                                                 crop_size=dict(size), **common)
-        processor = {"processor_class": "LlavaProcessor", "patch_size": info.patch_size,
-                     "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1,
-                     "image_token": LLAVA_IMAGE_PLACEHOLDER}
+    image_processor, processor, family_warnings = family_named(info.family).processor_files(info, tiling, common)
+    warnings += family_warnings
     image_processor.save_pretrained(str(out))
     (out / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
     return warnings
+
+
+# ------------------------------------------------------------------------------------------------
+# InternVL-chat remote code
+
+
+def opengvlab_repository(base_model: str | None) -> str | None:
+    """The OpenGVLab repository of the original layout that matches an -hf base's name, when it has one:
+    ``.../models--OpenGVLab--InternVL3-1B-hf/snapshots/x`` or ``OpenGVLab/InternVL3-1B-hf`` -> ``OpenGVLab/InternVL3-1B``.
+    """
+    if not base_model:
+        return None
+    parts = Path(str(base_model)).parts
+    cached = next((p for p in parts if p.startswith("models--")), None)
+    name = cached.split("--")[-1] if cached else parts[-1]
+    name = name.removesuffix("-hf")
+    return f"OpenGVLab/{name}" if name.lower().startswith("internvl") else None
+
+
+def missing_remote_code_line(llm_arch: str, base_model: str | None) -> str:
+    """One line for an InternVL-chat export without the remote code: which files, and where to get them
+    (config.json's auto_map already names them, so dropping them in is all that is left)."""
+    from vlft.model.internvl_chat_layout import remote_code_files
+
+    files = ", ".join(remote_code_files(llm_arch))
+    repository = opengvlab_repository(base_model)
+    where = (f"the matching OpenGVLab repository, {repository}" if repository else
+             f"the OpenGVLab InternVL release with the same LLM ({_EXAMPLE_RELEASES.get(llm_arch, 'OpenGVLab')})")
+    return (f"the folder is not complete: the base had no InternVL remote code, so add {files} from {where}; "
+            "config.json's auto_map already points at them (trust_remote_code)")
+
+
+_EXAMPLE_RELEASES = {"internlm2": "e.g. OpenGVLab/InternVL2-2B", "qwen2": "e.g. OpenGVLab/InternVL2_5-1B",
+                     "llama": "e.g. OpenGVLab/InternVL2-Llama3-76B"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from vlft.errors import VlftError
+from vlft.families import family_named, family_of_processor
 
 #: The question the verification prompt asks about its synthetic image.
 VERIFY_QUESTION = "What is shown in this image?"
@@ -37,8 +38,12 @@ class VerifyReport:
     max_abs_pixel_diff: float | None = None
     notes: list[str] = field(default_factory=list)
 
+    config_fields: list[str] = field(default_factory=list)  # computation fields equal to the base's
+
     def summary(self) -> str:
         parts = [f"verify ({self.target}): {self.tensors} tensors equal to the merged model"]
+        if self.config_fields:
+            parts.append(f"{len(self.config_fields)} computation fields as the base had them")
         if self.max_abs_logit_diff is not None:
             parts.append(f"max |Δlogit| = {self.max_abs_logit_diff:.2e} over {self.logit_positions} positions")
             parts.append(f"greedy {len(self.greedy_tokens)}/{len(self.greedy_tokens)} tokens equal")
@@ -101,17 +106,14 @@ class TrainingPrompt:
 
 def training_prompt(spec, tokenizer, info) -> TrainingPrompt:
     from vlft.data.dataset import pipeline_from_spec
-    from vlft.data.encode import encode_prompt
+    from vlft.data.prompt import generation_prompt
     from vlft.data.record import IMAGE_PLACEHOLDER, Turn
     from vlft.data.tiling import tiles_for_image
 
     pipeline = pipeline_from_spec(spec, tokenizer, info)
     image = synthetic_image(pipeline.tiling.tile_size)
     pixels = tiles_for_image(image, pipeline.tiling)
-    ids = encode_prompt([Turn("user", f"{IMAGE_PLACEHOLDER}\n{VERIFY_QUESTION}")], tokenizer, pipeline.template,
-                        image_tokens=pipeline.image_tokens,
-                        tokens_per_image=[pixels.shape[0] * pipeline.tokens_per_tile],
-                        system_prompt=pipeline.system_prompt)
+    ids = generation_prompt(pipeline, [Turn("user", f"{IMAGE_PLACEHOLDER}\n{VERIFY_QUESTION}")], [pixels.shape[0]])
     return TrainingPrompt(input_ids=ids, pixel_values=pixels, image=image)
 
 
@@ -120,18 +122,11 @@ def training_prompt(spec, tokenizer, info) -> TrainingPrompt:
 
 
 def official_class_name(family: str) -> str:
-    return "InternVLForConditionalGeneration" if family == "internvl" else "LlavaForConditionalGeneration"
+    return family_named(family).official_class_name
 
 
 def official_class_available(family: str) -> bool:
-    try:
-        import transformers
-
-        getattr(transformers, official_class_name(family))
-        getattr(transformers, "AutoModelForImageTextToText")
-        return True
-    except (ImportError, AttributeError):
-        return False
+    return family_named(family).official_class_available()
 
 
 def verify_hf_export(out: str | Path, *, atol: float = 1e-4, new_tokens: int = 16) -> VerifyReport:
@@ -175,7 +170,8 @@ def verify_hf_export(out: str | Path, *, atol: float = 1e-4, new_tokens: int = 1
     diff = float((our_logits - their_logits).abs().max())
     report.max_abs_logit_diff, report.logit_positions = diff, our_logits.shape[0]
     if not diff <= atol:  # also catches NaN
-        raise VerifyError(f"{out}: transformers' {official_class_name(info.family)} and vlft's model differ: "
+        raise VerifyError(f"{out}: transformers' {family_named(info.family).official_class_name} and vlft's "
+                          "model differ: "
                           f"max |Δlogit| = {diff:.3e} > {atol:.0e}")
     if our_tokens != their_tokens:
         first = next((i for i, (a, b) in enumerate(zip(our_tokens, their_tokens)) if a != b),
@@ -212,7 +208,7 @@ def _load_official(out: Path, family: str):
             str(out), attn_implementation="eager", dtype=torch.float32, output_loading_info=True)
     except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
         raise VerifyError(f"{out}: transformers cannot load the export ({str(exc).splitlines()[0]})") from None
-    expected = official_class_name(family)
+    expected = family_named(family).official_class_name
     if type(model).__name__ != expected:
         raise VerifyError(f"{out}: transformers loaded a {type(model).__name__}, not a {expected}")
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
@@ -232,26 +228,17 @@ def _check_prompt_files(out: Path, spec, prompt: TrainingPrompt, report: VerifyR
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     processor = json.loads((out / "processor_config.json").read_text())
     image_processor = AutoImageProcessor.from_pretrained(str(out))
-    family = "internvl" if processor["processor_class"] == "InternVLProcessor" else "llava"
-    if family == "internvl":
-        for name, token in (("start_image_token", "<img>"), ("end_image_token", "</img>"),
-                            ("context_image_token", "<IMG_CONTEXT>")):
+    family = family_of_processor(processor["processor_class"])
+    for name, token in family.named_tokens.items():
+        if token == family.image_tokens.context_token or token in (family.image_tokens.start_token,
+                                                                   family.image_tokens.end_token):
             if getattr(tokenizer, name, None) != token:
-                raise VerifyError(f"{out}: the tokenizer does not name {token} as {name}, which InternVLProcessor "
-                                  "reads")
-        # InternVLProcessor passes crop_to_patches=True whatever the image processor's config says.
-        features = image_processor(images=[prompt.image], return_tensors="pt", crop_to_patches=True)
-        tiles = int(features["num_patches"][0]) if "num_patches" in features else features["pixel_values"].shape[0]
-        expansion = "<img>" + "<IMG_CONTEXT>" * (processor["image_seq_length"] * tiles) + "</img>"
-        placeholder = "<IMG_CONTEXT>"
-    else:
-        features = image_processor(images=[prompt.image], return_tensors="pt")
-        height, width = features["pixel_values"].shape[-2:]
-        patch = processor["patch_size"]
-        count = (height // patch) * (width // patch) + processor["num_additional_image_tokens"]
-        count -= processor["vision_feature_select_strategy"] == "default"
-        placeholder = "<image>"
-        expansion = placeholder * count
+                raise VerifyError(f"{out}: the tokenizer does not name {token} as {name}, which "
+                                  f"{family.processor_class_name} reads")
+    features, count = family.processor_image_tokens(image_processor, processor, prompt.image)
+    tokens = family.image_tokens
+    placeholder = family.image_placeholder
+    expansion = (tokens.start_token or "") + tokens.context_token * count + (tokens.end_token or "")
     pixels = features["pixel_values"]
     if pixels.shape == prompt.pixel_values.shape:
         report.max_abs_pixel_diff = float((pixels.float() - prompt.pixel_values).abs().max())
@@ -278,6 +265,56 @@ def _check_prompt_files(out: Path, spec, prompt: TrainingPrompt, report: VerifyR
             raise VerifyError(f"{out}: the exported chat template ({form} messages) gives other prompt ids than "
                               f"training from position {first} ({len(ids)} vs {len(prompt.input_ids)} ids)")
     report.prompt_tokens = len(prompt.input_ids)
+
+
+# ------------------------------------------------------------------------------------------------
+# The fields that define the computation, against the base
+
+
+def native_view(path: Path) -> dict:
+    """A model directory's config.json as the "-hf" layout says it, defaults filled in (an InternVL-chat
+    config through vlft's translation, which has no image-token id)."""
+    import json
+
+    from transformers import AutoConfig
+
+    from vlft.model.internvl_chat_layout import chat_config_to_native
+    from vlft.model.layouts import Layout, detect_layout
+
+    if detect_layout(path) is Layout.INTERNVL_CHAT:
+        native = chat_config_to_native(json.loads((path / "config.json").read_text()), image_token_id=-1)
+        native.pop("image_token_id", None)
+        return AutoConfig.for_model(**native).to_dict() | {"image_token_id": None}
+    return AutoConfig.from_pretrained(str(path)).to_dict()
+
+
+def check_computation_fields(out: Path, base: str | Path | None, family: str, *,
+                             overrides: dict | None = None) -> list[str]:
+    """Each config field that defines the family's computation (feature layer, select strategy,
+    image_seq_length, downsample ratio, image-token id) is in the export as in the base, or as the run
+    overrode it; VerifyError naming the first field that differs. Returns the fields compared (none for a
+    base composed from parts, or one no longer on disk)."""
+    if base is None or not (Path(base) / "config.json").is_file():
+        return []
+    written, original = native_view(Path(out)), native_view(Path(base))
+    expected = {**{name: original.get(name) for name in family_named(family).computation_fields},
+                **(overrides or {})}
+    compared = []
+    for name, want in expected.items():
+        if want is None or written.get(name) is None:  # a field one layout does not store (the chat layout's id)
+            continue
+        if written[name] != want:
+            raise VerifyError(f"{out / 'config.json'}: {name}={written[name]!r}, but the base {base} has "
+                              f"{want!r}{' (as the run set it)' if name in (overrides or {}) else ''}; the export "
+                              "would compute something else")
+        compared.append(name)
+    return compared
+
+
+def run_overrides(spec) -> dict:
+    """Computation fields the run's config sets over the base's (model.vision.select_layer)."""
+    layer = spec.model.vision.select_layer
+    return {} if layer is None else {"vision_feature_layer": layer}
 
 
 # ------------------------------------------------------------------------------------------------

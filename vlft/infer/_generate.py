@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from vlft.data.dataset import DataPipeline
-from vlft.data.encode import encode_prompt
+from vlft.data.prompt import generation_prompt, stop_kwargs, stop_strings
+from vlft.data.prompt import stop_token_ids as template_stop_ids
 from vlft.data.record import Sample
 from vlft.data.templates import UnknownTemplateError, get_template
 from vlft.errors import ConfigError
@@ -69,10 +70,7 @@ class PromptInputs:
 
 def prompt_ids(pipeline: DataPipeline, sample: Sample) -> list[int]:
     """Ids of the conversation + the generation prompt, images expanded (tile counts from the headers only)."""
-    counts = pipeline.tile_counts(sample)
-    return encode_prompt(sample.turns, pipeline.tokenizer, pipeline.template, image_tokens=pipeline.image_tokens,
-                         tokens_per_image=[c * pipeline.tokens_per_tile for c in counts],
-                         system_prompt=pipeline.system_prompt, where=sample.where)
+    return generation_prompt(pipeline, sample.turns, pipeline.tile_counts(sample), where=sample.where)
 
 
 def prompt_inputs(pipeline: DataPipeline, sample: Sample, ids: list[int] | None = None) -> PromptInputs:
@@ -81,32 +79,24 @@ def prompt_inputs(pipeline: DataPipeline, sample: Sample, ids: list[int] | None 
 
 
 def stop_token_ids(pipeline: DataPipeline) -> list[int]:
-    """Ids that end a reply: the template's single-token stop words, and the tokenizer's eos."""
-    tokenizer = pipeline.tokenizer
-    vocab = tokenizer.get_vocab()
-    ids = [vocab[word] for word in pipeline.template.stop_words if word in vocab]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+    """Ids that end a reply (vlft.data.prompt's rule, which training samples and exports share)."""
+    return template_stop_ids(pipeline.tokenizer, pipeline.template)
 
 
 def multi_token_stops(pipeline: DataPipeline) -> list[str]:
     """Stop words that are not one token (e.g. the plain template's "\\n"): cut from the decoded text."""
-    vocab = pipeline.tokenizer.get_vocab()
-    return [word for word in pipeline.template.stop_words if word not in vocab]
+    return stop_strings(pipeline.tokenizer, pipeline.template)
 
 
 def generate_kwargs(pipeline: DataPipeline, settings: GenerationSettings) -> dict:
     tokenizer = pipeline.tokenizer
-    stops = stop_token_ids(pipeline)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    kwargs = dict(max_new_tokens=settings.max_new_tokens, eos_token_id=stops, pad_token_id=pad)
+    kwargs = dict(max_new_tokens=settings.max_new_tokens, **stop_kwargs(tokenizer, pipeline.template))
+    stops = kwargs["eos_token_id"]
+    kwargs["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     if settings.temperature > 0:
         kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
     else:
         kwargs.update(do_sample=False)
-    if multi_token_stops(pipeline):
-        kwargs.update(stop_strings=multi_token_stops(pipeline), tokenizer=tokenizer)
     return kwargs
 
 

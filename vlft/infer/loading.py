@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from vlft.errors import CheckpointError, ConfigError
+from vlft.families import INTERNVL, Family, family_of_layout
 from vlft.infer._generate import check_template_flag
 
 #: The record `vlft merge` / `vlft convert` write beside the weights: the run's template, system prompt, tiling.
 MODEL_RECORD = "vlft_model.json"
-DEFAULT_TILING = {"mode": "dynamic", "min_tiles": 1, "max_tiles": 12, "use_thumbnail": True}
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,10 @@ def load_for_inference(path: str | Path, *, template: str | None = None, device:
 
         tokenizer = load_tokenizer(path)
         settings = data_settings(path, layout, tokenizer, template=template)
-        family = "llava" if layout is Layout.HF_LLAVA else "internvl"
+        family = family_of_layout(layout)
         raw = {
-            "model": {"family": family, "path": str(path), "llm": {"train": "frozen"},
-                      "connector": {"downsample_ratio": 1.0 if family == "llava" else 0.5, "train": False},
+            "model": {"family": family.name, "path": str(path), "llm": {"train": "frozen"},
+                      "connector": {"downsample_ratio": family.default_downsample_ratio, "train": False},
                       "dtype": dtype},
             "data": {"template": settings.template, "system_prompt": settings.system_prompt,
                      "tiling": settings.tiling, "max_length": 1 << 20},
@@ -133,29 +133,24 @@ def _from_internvl_chat(config: dict, path: Path) -> DataSettings:
               "min_tiles": int(config.get("min_dynamic_patch", 1)),
               "max_tiles": int(config.get("max_dynamic_patch", 12)),
               "use_thumbnail": bool(config.get("use_thumbnail", True))}
-    template = config.get("template") or _default_template("internvl", _text_type(config), None)
+    template = config.get("template") or INTERNVL.default_template(_text_type(config), None)
     return DataSettings(template, None, tiling, f"{path / 'config.json'}")
 
 
 def _from_hf(path: Path, layout, config: dict, tokenizer) -> DataSettings:
-    from vlft.model.layouts import Layout
-
-    family = "llava" if layout is Layout.HF_LLAVA else "internvl"
+    family: Family = family_of_layout(layout)
     template, system, source = _template_from_tokenizer(tokenizer)
     if template is None:
-        template, system = _default_template(family, _text_type(config), tokenizer), None
-        source = f"the default for {family} on {_text_type(config) or 'this LLM'}"
-    tiling = dict(DEFAULT_TILING) if family == "internvl" else {"mode": "pad_square"}
+        template, system = family.default_template(_text_type(config), tokenizer), None
+        source = f"the default for {family.name} on {_text_type(config) or 'this LLM'}"
+    tiling = dict(family.default_tiling)
     processor = path / "preprocessor_config.json"
-    if family == "internvl" and processor.is_file():
+    if processor.is_file():
         try:
             pre = json.loads(processor.read_text())
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{processor}: not valid JSON ({exc})") from None
-        if not pre.get("crop_to_patches", True):
-            tiling["mode"] = "resize"
-        tiling["min_tiles"] = int(pre.get("min_patches", tiling["min_tiles"]))
-        tiling["max_tiles"] = int(pre.get("max_patches", tiling["max_tiles"]))
+        tiling = family.tiling_from_preprocessor(pre)
     return DataSettings(template, system, tiling, source)
 
 
@@ -191,8 +186,3 @@ def _template_from_tokenizer(tokenizer) -> tuple[str | None, str | None, str]:
 def _text_type(config: dict) -> str:
     return (config.get("text_config") or config.get("llm_config") or {}).get("model_type", "")
 
-
-def _default_template(family: str, text_type: str, tokenizer) -> str:
-    if family == "llava":
-        return "llama3" if getattr(tokenizer, "bos_token", None) == "<|begin_of_text|>" else "vicuna_v1"
-    return "internvl2_5" if text_type.startswith("qwen") else "internlm2-chat"

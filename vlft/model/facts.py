@@ -11,7 +11,8 @@ from pathlib import Path
 
 from vlft.errors import CheckpointError
 from vlft.model.layouts import Layout, detect_layout
-from vlft.model.load import (INTERNVL_IMAGE_TOKEN, INTERNVL_NEW_TOKENS, LLAVA_IMAGE_TOKEN, load_tokenizer)
+from vlft.families import INTERNVL, family_named
+from vlft.model.load import load_tokenizer, missing_image_tokens, official_info, parts_info
 from vlft.model.vlm import VLMInfo
 from vlft.specs import ModelSpec
 
@@ -47,19 +48,7 @@ def _official_facts(path, layout: Layout) -> tuple[VLMInfo, object]:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(path))
-    internvl = layout is Layout.HF_INTERNVL
-    layer = getattr(config, "vision_feature_layer", -1)
-    if isinstance(layer, (list, tuple)):
-        raise CheckpointError(f"{path}: vision_feature_layer={layer}: several feature layers are not supported")
-    info = VLMInfo(
-        family="internvl" if internvl else "llava",
-        image_token_id=int(config.image_token_id if internvl else config.image_token_index),
-        select_layer=int(layer),
-        downsample_ratio=float(getattr(config, "downsample_ratio", 1.0)) if internvl else 1.0,
-        tile_size=_first(config.vision_config.image_size),
-        patch_size=_first(config.vision_config.patch_size),
-    )
-    return info, load_tokenizer(path)
+    return official_info(config, where=str(path)), load_tokenizer(path)
 
 
 def _internvl_chat_facts(path) -> tuple[VLMInfo, object]:
@@ -68,16 +57,17 @@ def _internvl_chat_facts(path) -> tuple[VLMInfo, object]:
 
     tokenizer = load_tokenizer(path)
     chat_config = json.loads((Path(path) / "config.json").read_text())
-    image_token_id = tokenizer.convert_tokens_to_ids(INTERNVL_IMAGE_TOKEN)
+    image_token_id = tokenizer.convert_tokens_to_ids(INTERNVL.image_tokens.context_token)
     # The same translation build_vlm loads through, so an unsupported config fails here the same way.
     native = chat_config_to_native(chat_config, image_token_id=image_token_id)
     vision = native["vision_config"]
-    info = VLMInfo(family="internvl", image_token_id=int(image_token_id),
+    info = VLMInfo(family=INTERNVL.name, image_token_id=int(image_token_id),
                    select_layer=int(native["vision_feature_layer"]),
                    downsample_ratio=float(native["downsample_ratio"]),
                    # InternVLChatModel sizes its input by force_image_size when it is set.
                    tile_size=int(chat_config.get("force_image_size") or _first(vision["image_size"])),
-                   patch_size=_first(vision["patch_size"]))
+                   patch_size=_first(vision["patch_size"]),
+                   select_strategy=native.get("vision_feature_select_strategy", "default"))
     return info, tokenizer
 
 
@@ -91,21 +81,12 @@ def _parts_facts(spec: ModelSpec) -> tuple[VLMInfo, object]:
         if layout is not expected:
             raise CheckpointError(f"{key}={path}: expected a {expected.value} directory, found {layout.value}")
     tokenizer = load_tokenizer(spec.llm.path)
-    if spec.family == "internvl":
-        new_tokens, image_token = INTERNVL_NEW_TOKENS, INTERNVL_IMAGE_TOKEN
-    else:
-        new_tokens, image_token = (LLAVA_IMAGE_TOKEN,), LLAVA_IMAGE_TOKEN
-    missing = [t for t in new_tokens if t not in tokenizer.get_vocab()]
+    family = family_named(spec.family)
+    missing = missing_image_tokens(tokenizer, family)
     if missing:  # in memory only: check-data writes nothing
         tokenizer.add_special_tokens({"additional_special_tokens": missing})
     vision = AutoConfig.from_pretrained(spec.vision.path)
-    select_layer = spec.vision.select_layer
-    if select_layer is None:
-        select_layer = -1 if spec.family == "internvl" else -2
-    info = VLMInfo(family=spec.family, image_token_id=int(tokenizer.convert_tokens_to_ids(image_token)),
-                   select_layer=select_layer, downsample_ratio=float(spec.connector.downsample_ratio),
-                   tile_size=_first(vision.image_size), patch_size=_first(vision.patch_size))
-    return info, tokenizer
+    return parts_info(spec, family, vision, tokenizer), tokenizer
 
 
 def _first(value) -> int:

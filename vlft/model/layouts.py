@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from vlft.errors import CheckpointError
+from vlft.families import family_of_config
 
 
 class Layout(enum.Enum):
@@ -19,6 +20,8 @@ class Layout(enum.Enum):
 
 VISION_TYPES = {"internvl_vision", "clip_vision_model", "siglip_vision_model"}
 LLM_TYPES = {"qwen2", "qwen3", "llama", "mistral", "internlm2"}
+#: Families users bring that vlft does not train, by model_type (a clear line instead of "unknown layout").
+OUT_OF_SCOPE_TYPES = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}
 #: The file `vlft train` writes into every checkpoint directory.
 CHECKPOINT_MARKER = "vlft_checkpoint.json"
 
@@ -44,10 +47,9 @@ def detect_layout(path: str | Path) -> Layout:
         return Layout.CHECKPOINT
     config = read_config(path)
     model_type = config.get("model_type", "")
-    if model_type == "internvl":
-        return Layout.HF_INTERNVL
-    if model_type == "llava":
-        return Layout.HF_LLAVA
+    family = family_of_config(config)
+    if family is not None:
+        return Layout(family.hf_layout)
     if model_type == "internvl_chat" or "InternVLChatModel" in config.get("architectures", []):
         return Layout.INTERNVL_CHAT
     if model_type in VISION_TYPES:
@@ -58,6 +60,11 @@ def detect_layout(path: str | Path) -> Layout:
         raise CheckpointError(
             f"{path}: a LLaVA-NeXT model (model_type 'llava_next'), which vlft does not train yet: its unpadded "
             "AnyRes features with newline tokens are not implemented; LLaVA-1.5 (model_type 'llava') is supported")
+    if model_type in OUT_OF_SCOPE_TYPES:
+        raise CheckpointError(
+            f"{path}: a {OUT_OF_SCOPE_TYPES[model_type]} model (model_type {model_type!r}), which is out of vlft's "
+            "scope (its vision side, with M-RoPE and native-resolution patches, is another architecture); "
+            "vlft trains InternVL and LLaVA")
     raise CheckpointError(
         f"{path}: unknown model layout (config.json model_type={model_type!r}); supported: transformers-native "
         "InternVL or LLaVA, original InternVL-chat, a vision encoder + an LLM, or a vlft checkpoint")

@@ -8,15 +8,15 @@ import torch
 from torch import nn
 
 from vlft.errors import CheckpointError
+from vlft.families import INTERNVL, Family, family_named, family_of_layout
 from vlft.model.connector import Connector
 from vlft.model.layouts import Layout, detect_layout, read_safetensors_dir, safetensors_files
 from vlft.model.vlm import VisionLanguageModel, VLMInfo
 from vlft.specs import ModelSpec, QuantSpec
 
-INTERNVL_IMAGE_TOKEN = "<IMG_CONTEXT>"
-LLAVA_IMAGE_TOKEN = "<image>"
-#: Tokens InternVL needs in the vocabulary; a bare LLM composed from parts gets them added.
-INTERNVL_NEW_TOKENS = ("<img>", "</img>", INTERNVL_IMAGE_TOKEN, "<video>")
+#: Tokens a vision tower puts before its patches (a CLS token) where it is not one; SigLIP has none.
+VISION_PREFIX_TOKENS = {"siglip_vision_model": 0}
+SELECT_STRATEGIES = ("default", "full")
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -83,30 +83,22 @@ def build_vlm(spec: ModelSpec, *, quantize: bool = True, tokenizer_dir: str | Pa
     return _from_parts(spec, kwargs, tokenizer_dir)
 
 
-def _official_class(layout: Layout):
-    from transformers import InternVLForConditionalGeneration, LlavaForConditionalGeneration
-
-    return InternVLForConditionalGeneration if layout is Layout.HF_INTERNVL else LlavaForConditionalGeneration
-
-
 def _from_official_dir(path, layout: Layout, spec: ModelSpec, kwargs):
-    official = _official_class(layout).from_pretrained(str(path), **kwargs)
+    official = family_of_layout(layout).official_class().from_pretrained(str(path), **kwargs)
     return _decompose(official, spec), load_tokenizer(path)
 
 
 def _from_internvl_chat_dir(path, spec: ModelSpec, kwargs):
     """Map the original layout's weights into the official class without running its remote code."""
-    from transformers import InternVLConfig, InternVLForConditionalGeneration
-
     from vlft.model.internvl_chat_layout import internvl_chat_to_native
 
     tokenizer = load_tokenizer(path)
     chat_config = json.loads((Path(path) / "config.json").read_text())
-    image_token_id = tokenizer.convert_tokens_to_ids(INTERNVL_IMAGE_TOKEN)
+    image_token_id = tokenizer.convert_tokens_to_ids(INTERNVL.image_tokens.context_token)
     native, hf_config = internvl_chat_to_native(read_safetensors_dir(path), chat_config,
                                                 image_token_id=image_token_id)
-    official = InternVLForConditionalGeneration.from_pretrained(
-        None, config=InternVLConfig(**hf_config), state_dict=native, **kwargs)
+    official = INTERNVL.official_class().from_pretrained(
+        None, config=INTERNVL.config_class()(**hf_config), state_dict=native, **kwargs)
     return _decompose(official, spec), tokenizer
 
 
@@ -124,22 +116,13 @@ def _decompose(official, spec: ModelSpec) -> VisionLanguageModel:
         if hasattr(official, flag):
             setattr(language_model, flag, getattr(official, flag))
     language_model.config = config.text_config
-    family = "internvl" if config.model_type == "internvl" else "llava"
-    vision_config = config.vision_config
-    ratio = getattr(config, "downsample_ratio", 1.0) if family == "internvl" else 1.0
-    projector = _connector_like(vision_config.hidden_size, config.text_config.hidden_size, ratio,
+    info = official_info(config)
+    projector = _connector_like(config.vision_config.hidden_size, config.text_config.hidden_size,
+                                info.downsample_ratio,
                                 dtype=official.lm_head.weight.dtype if not _is_quantized(official.lm_head) else None)
     missing, unexpected = projector.load_state_dict(inner.multi_modal_projector.state_dict(), strict=False)
     if unexpected or [k for k in missing if not k.startswith("act")]:
         raise CheckpointError(f"connector weights do not fit: missing {missing}, unexpected {unexpected}")
-    info = VLMInfo(
-        family=family,
-        image_token_id=int(config.image_token_id if family == "internvl" else config.image_token_index),
-        select_layer=int(_feature_layer(config)),
-        downsample_ratio=float(ratio),
-        tile_size=_first(vision_config.image_size),
-        patch_size=_first(vision_config.patch_size),
-    )
     if spec.vision.select_layer is not None:
         info = VLMInfo(**{**info.__dict__, "select_layer": spec.vision.select_layer})
     model = VisionLanguageModel(inner.vision_tower, projector, language_model, info)
@@ -161,12 +144,8 @@ def _from_parts(spec: ModelSpec, kwargs, tokenizer_dir=None):
     vision = AutoModel.from_pretrained(spec.vision.path, dtype=dtype, attn_implementation=kwargs["attn_implementation"])
     llm = AutoModelForCausalLM.from_pretrained(spec.llm.path, **kwargs)
     tokenizer = load_tokenizer(tokenizer_dir or spec.llm.path)
-    if spec.family == "internvl":
-        missing = [t for t in INTERNVL_NEW_TOKENS if t not in tokenizer.get_vocab()]
-        image_token = INTERNVL_IMAGE_TOKEN
-    else:
-        missing = [LLAVA_IMAGE_TOKEN] if LLAVA_IMAGE_TOKEN not in tokenizer.get_vocab() else []
-        image_token = LLAVA_IMAGE_TOKEN
+    family = family_named(spec.family)
+    missing = missing_image_tokens(tokenizer, family)
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing})
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
@@ -175,9 +154,7 @@ def _from_parts(spec: ModelSpec, kwargs, tokenizer_dir=None):
     vcfg = AutoConfig.from_pretrained(spec.vision.path)
     projector = _connector_like(vcfg.hidden_size, llm.config.hidden_size, spec.connector.downsample_ratio,
                                 dtype=dtype)
-    info = VLMInfo(family=spec.family, image_token_id=tokenizer.convert_tokens_to_ids(image_token),
-                   select_layer=_default_select_layer(spec), downsample_ratio=spec.connector.downsample_ratio,
-                   tile_size=_first(vcfg.image_size), patch_size=_first(vcfg.patch_size))
+    info = parts_info(spec, family, vcfg, tokenizer)
     model = VisionLanguageModel(vision, projector, llm, info)
     model.resized_vocab = bool(missing) or tokenizer_dir is not None and len(tokenizer) > _base_vocab(spec.llm.path)
     return model, tokenizer
@@ -194,16 +171,54 @@ def _connector_like(vision_hidden, text_hidden, ratio, dtype) -> Connector:
     return connector.to(dtype) if dtype is not None else connector
 
 
-def _default_select_layer(spec: ModelSpec) -> int:
-    if spec.vision.select_layer is not None:
-        return spec.vision.select_layer
-    return -1 if spec.family == "internvl" else -2
+def missing_image_tokens(tokenizer, family: Family) -> list[str]:
+    """The family's image tokens a (bare LLM's) tokenizer lacks; composing from parts adds them."""
+    vocab = tokenizer.get_vocab()
+    return [token for token in family.new_tokens if token not in vocab]
 
 
-def _feature_layer(config) -> int:
+def vision_prefix_tokens(vision_config) -> int:
+    return VISION_PREFIX_TOKENS.get(vision_config.model_type, 1)
+
+
+def official_info(config, *, where: str = "") -> VLMInfo:
+    """The VLMInfo of a transformers "-hf" config (InternVLConfig, LlavaConfig), read the way its official
+    class computes: feature layer, select strategy, pixel shuffle, image-token id."""
+    family = family_named(config.model_type)
+    vision = config.vision_config
+    prefix = f"{where}: " if where else ""
+    strategy = getattr(config, "vision_feature_select_strategy", "default")
+    if strategy not in SELECT_STRATEGIES:
+        raise CheckpointError(f"{prefix}vision_feature_select_strategy={strategy!r} is not one of "
+                              f"{', '.join(SELECT_STRATEGIES)}")
+    ratio = float(getattr(config, "downsample_ratio", 1.0)) if family.pixel_shuffle else 1.0
+    info = VLMInfo(family=family.name, image_token_id=int(getattr(config, family.image_token_field)),
+                   select_layer=int(_feature_layer(config, prefix)), downsample_ratio=ratio,
+                   tile_size=_first(vision.image_size), patch_size=_first(vision.patch_size),
+                   select_strategy=strategy, prefix_tokens=vision_prefix_tokens(vision))
+    side = info.tile_size // info.patch_size
+    if ratio != 1.0 and side * side + info.prefix_tokens - (strategy == "default") != side * side:
+        raise CheckpointError(f"{prefix}vision_feature_select_strategy={strategy!r} with a {vision.model_type} "
+                              "tower leaves no square patch grid for the pixel shuffle")
+    return info
+
+
+def parts_info(spec: ModelSpec, family: Family, vision_config, tokenizer) -> VLMInfo:
+    """Stage 1 from parts: the family's defaults, the tower's sizes; a CLS token (if any) is dropped."""
+    select_layer = spec.vision.select_layer
+    prefix = vision_prefix_tokens(vision_config)
+    return VLMInfo(family=family.name,
+                   image_token_id=int(tokenizer.convert_tokens_to_ids(family.image_tokens.context_token)),
+                   select_layer=family.default_select_layer if select_layer is None else select_layer,
+                   downsample_ratio=float(spec.connector.downsample_ratio),
+                   tile_size=_first(vision_config.image_size), patch_size=_first(vision_config.patch_size),
+                   select_strategy="default" if prefix else "full", prefix_tokens=prefix)
+
+
+def _feature_layer(config, prefix: str = "") -> int:
     layer = getattr(config, "vision_feature_layer", -1)
     if isinstance(layer, (list, tuple)):
-        raise CheckpointError(f"vision_feature_layer={layer}: several feature layers are not supported")
+        raise CheckpointError(f"{prefix}vision_feature_layer={layer}: several feature layers are not supported")
     return layer
 
 

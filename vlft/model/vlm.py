@@ -1,29 +1,43 @@
 """The composed VLM: vision tower -> connector -> image features scattered into the LLM's embeddings."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from vlft.errors import DataError
+from vlft.families import family_named
 from vlft.model.connector import Connector
+
+
+class ModelInputError(DataError):
+    """An input the model cannot compute on (image tokens that do not match the images, an id past the
+    vocabulary, a shape the tower refuses), raised from inside forward/generate as one line."""
 
 
 @dataclass(frozen=True)
 class VLMInfo:
     """What the rest of vlft needs to know about a built model, independent of its file layout."""
 
-    family: str               # "internvl" | "llava"
+    family: str               # a `vlft.families` name
     image_token_id: int       # the context token whose embeddings image features replace
     select_layer: int         # hidden layer of the vision tower that feeds the connector
     downsample_ratio: float   # pixel-shuffle ratio (1.0: none)
     tile_size: int            # vision input side in pixels
     patch_size: int
+    #: transformers' vision_feature_select_strategy: "default" drops the first token (the CLS token of
+    #: CLIP/InternViT; a patch for a CLS-less SigLIP, exactly as the official classes do), "full" keeps all.
+    select_strategy: str = "default"
+    prefix_tokens: int = 1    # tokens the tower puts before its patches (CLS: 1; SigLIP: 0)
 
     @property
     def tokens_per_tile(self) -> int:
         side = self.tile_size // self.patch_size
-        return int(side * self.downsample_ratio) ** 2
+        if self.downsample_ratio != 1.0:  # pixel shuffle needs the square patch grid
+            return int(side * self.downsample_ratio) ** 2
+        return side * side + self.prefix_tokens - (self.select_strategy == "default")
 
 
 class VisionLanguageModel(nn.Module):
@@ -49,10 +63,12 @@ class VisionLanguageModel(nn.Module):
         """[tiles, 3, S, S] -> [tiles, tokens_per_tile, D_text]."""
         dtype = self.multi_modal_projector.linear_1.weight.dtype
         # InternVL reads layer -1 as the encoder's output; LLaVA always indexes the hidden-state list.
-        last = self.info.family == "internvl" and self.info.select_layer == -1
+        last = family_named(self.info.family).last_layer_is_output and self.info.select_layer == -1
         out = self.vision_tower(pixel_values=pixel_values.to(dtype), output_hidden_states=not last, return_dict=True)
         features = out.last_hidden_state if last else out.hidden_states[self.info.select_layer]
-        return self.multi_modal_projector(features[:, 1:, :])  # drop CLS
+        if self.info.select_strategy == "default":
+            features = features[:, 1:, :]  # [tiles, tokens, Dv]: the CLS token (the first token) dropped
+        return self.multi_modal_projector(features)
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with the image-token slots replaced by image features, in order."""
@@ -61,27 +77,45 @@ class VisionLanguageModel(nn.Module):
         n_slots = int(slots.sum())
         if pixel_values is None or pixel_values.numel() == 0:
             if n_slots:
-                raise ValueError(f"{n_slots} image tokens in the input but no pixel values")
+                raise ModelInputError(f"{n_slots} image tokens in the input but no pixel values")
             return embeds
         features = self.encode_images(pixel_values).reshape(-1, embeds.shape[-1])
         if features.shape[0] != n_slots:
-            raise ValueError(f"image features ({features.shape[0]} tokens from {pixel_values.shape[0]} tiles) "
-                             f"and image tokens in the text ({n_slots}) differ")
+            raise ModelInputError(
+                f"image features ({features.shape[0]} tokens from {pixel_values.shape[0]} tiles of "
+                f"{self.info.tokens_per_tile}) and image tokens in the text ({n_slots}) differ: the prompt was "
+                "not built for this model's tiling (build it with the model's data pipeline)")
         return embeds.masked_scatter(slots.unsqueeze(-1), features.to(embeds.dtype))
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs):
-        inputs_embeds = self.embed(input_ids, pixel_values)
-        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   position_ids=position_ids, labels=labels, **kwargs)
+        with _one_line_errors():
+            inputs_embeds = self.embed(input_ids, pixel_values)
+            return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                       position_ids=position_ids, labels=labels, **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, **generate_kwargs) -> torch.Tensor:
         """Returns only the new tokens, [B, new]."""
-        inputs_embeds = self.embed(input_ids, pixel_values)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                            **generate_kwargs)
+        with _one_line_errors():
+            inputs_embeds = self.embed(input_ids, pixel_values)
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                                **generate_kwargs)
+
+
+@contextmanager
+def _one_line_errors():
+    """ValueError / IndexError from inside the model (transformers' shape and id checks, an embedding index
+    past the vocabulary) become ModelInputError, which train, chat and eval print as one line. Out of memory
+    and other RuntimeErrors pass unchanged: they are not the input's fault."""
+    try:
+        yield
+    except ModelInputError:
+        raise
+    except (ValueError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelInputError(f"the model cannot compute on this input ({type(exc).__name__}: {first})") from exc

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from vlft.families import INTERNVL, LLAVA
 from vlft.tiny.tokenizer import build_tiny_tokenizer
 
 
@@ -38,6 +39,17 @@ def _vision_clip(sizes: TinySizes) -> dict:
                 projection_dim=sizes.vision_hidden)
 
 
+def _vision_siglip(sizes: TinySizes) -> dict:
+    # No CLS token, and a post-layernorm on last_hidden_state that LLaVA's hidden_states[-1] does not see.
+    return dict(model_type="siglip_vision_model", hidden_size=sizes.vision_hidden,
+                num_hidden_layers=sizes.vision_layers + 1, num_attention_heads=sizes.vision_heads,
+                intermediate_size=sizes.vision_hidden * 4, image_size=sizes.tile_size, patch_size=14)
+
+
+#: make_tiny_llava_hf's vision towers: (config, tokens before the patches).
+_LLAVA_TOWERS = {"clip": (_vision_clip, 1), "siglip": (_vision_siglip, 0)}
+
+
 def _text(sizes: TinySizes, arch: str, vocab: int) -> dict:
     return dict(model_type=arch, hidden_size=sizes.text_hidden, num_hidden_layers=sizes.text_layers,
                 num_attention_heads=sizes.text_heads, num_key_value_heads=sizes.text_kv_heads,
@@ -55,7 +67,7 @@ def make_tiny_internvl_hf(out_dir: str | Path, *, llm: str = "qwen2", sizes: Tin
     from transformers import AutoConfig, InternVLConfig, InternVLForConditionalGeneration
 
     out_dir = Path(out_dir)
-    tokenizer = build_tiny_tokenizer(out_dir, family="internvl", chat_style="chatml", vocab_size=sizes.vocab_size)
+    tokenizer = build_tiny_tokenizer(out_dir, family=INTERNVL.name, chat_style="chatml", vocab_size=sizes.vocab_size)
     text = _text(sizes, llm, len(tokenizer))
     text_config = AutoConfig.for_model(**text)
     config = InternVLConfig(vision_config=_vision_internvl(sizes), text_config=text_config.to_dict(),
@@ -69,18 +81,23 @@ def make_tiny_internvl_hf(out_dir: str | Path, *, llm: str = "qwen2", sizes: Tin
     return out_dir
 
 
-def make_tiny_llava_hf(out_dir: str | Path, *, sizes: TinySizes = TinySizes(), seed: int = 0) -> Path:
-    """transformers-native LLaVA-1.5 (`LlavaForConditionalGeneration`): CLIP + Llama, vicuna-style tokenizer."""
+def make_tiny_llava_hf(out_dir: str | Path, *, sizes: TinySizes = TinySizes(), seed: int = 0, vision: str = "clip",
+                       select_strategy: str = "default", feature_layer: int = -2) -> Path:
+    """transformers-native LLaVA (`LlavaForConditionalGeneration`): CLIP (LLaVA-1.5) or SigLIP + Llama, a
+    vicuna-style tokenizer; ``select_strategy`` and ``feature_layer`` are written as the config's
+    vision_feature_select_strategy / vision_feature_layer, with the image_seq_length they imply."""
     from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration
 
     out_dir = Path(out_dir)
-    tokenizer = build_tiny_tokenizer(out_dir, family="llava", chat_style="llama", vocab_size=sizes.vocab_size)
+    tokenizer = build_tiny_tokenizer(out_dir, family=LLAVA.name, chat_style="llama", vocab_size=sizes.vocab_size)
     text_config = AutoConfig.for_model(**_text(sizes, "llama", len(tokenizer)))
-    vision_config = AutoConfig.for_model(**_vision_clip(sizes))
+    tower, prefix = _LLAVA_TOWERS[vision]
+    vision_config = AutoConfig.for_model(**tower(sizes))
+    tokens = (sizes.tile_size // 14) ** 2 + prefix - (select_strategy == "default")
     config = LlavaConfig(vision_config=vision_config.to_dict(), text_config=text_config.to_dict(),
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", image_seq_length=(sizes.tile_size // 14) ** 2,
-                         tie_word_embeddings=False)
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=feature_layer, vision_feature_select_strategy=select_strategy,
+                         image_seq_length=tokens, tie_word_embeddings=False)
     _seeded(seed)
     model = LlavaForConditionalGeneration(config)
     _perturb_norms(model)
@@ -88,7 +105,7 @@ def make_tiny_llava_hf(out_dir: str | Path, *, sizes: TinySizes = TinySizes(), s
     return out_dir
 
 
-def make_tiny_parts(out_dir: str | Path, *, family: str = "internvl", sizes: TinySizes = TinySizes(),
+def make_tiny_parts(out_dir: str | Path, *, family: str = INTERNVL.name, sizes: TinySizes = TinySizes(),
                     seed: int = 0) -> tuple[Path, Path]:
     """A vision-encoder directory and an LLM directory (the stage-1 "compose from parts" recipe).
 
@@ -98,35 +115,104 @@ def make_tiny_parts(out_dir: str | Path, *, family: str = "internvl", sizes: Tin
 
     out_dir = Path(out_dir)
     vision_dir, llm_dir = out_dir / "vision", out_dir / "llm"
-    tokenizer = build_tiny_tokenizer(llm_dir, family="text", chat_style="chatml" if family == "internvl" else "llama",
-                                     vocab_size=sizes.vocab_size)
+    vision, arch, chat_style = _TINY_PARTS[family]
+    tokenizer = build_tiny_tokenizer(llm_dir, family="text", chat_style=chat_style, vocab_size=sizes.vocab_size)
     _seeded(seed)
-    vision_config = AutoConfig.for_model(**(_vision_internvl(sizes) if family == "internvl" else _vision_clip(sizes)))
+    vision_config = AutoConfig.for_model(**vision(sizes))
     AutoModel.from_config(vision_config).save_pretrained(vision_dir)
-    arch = "qwen2" if family == "internvl" else "llama"
     llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**_text(sizes, arch, len(tokenizer))))
     _perturb_norms(llm)
     llm.save_pretrained(llm_dir)
     return vision_dir, llm_dir
 
 
+#: family -> (tiny vision config, LLM architecture, tokenizer chat style) of its stage-1 parts.
+_TINY_PARTS = {INTERNVL.name: (_vision_internvl, "qwen2", "chatml"), LLAVA.name: (_vision_clip, "llama", "llama")}
+
+
+#: make_tiny_internvl_chat's `llm` options -> (InternVL-chat LLM registry entry, InternVL release it imitates)
+TINY_CHAT_LLMS = {
+    "internlm2": ("internlm2", "InternVL2-2B"),
+    "qwen2": ("qwen2", "InternVL2.5-1B"),
+    "qwen3": ("qwen3", "InternVL3.5-1B"),
+    "phi3": ("phi3", "InternVL2-4B"),
+    "llama": ("llama", "a Llama LLM with the internvl2_5 template"),
+    "llama3": ("llama", "InternVL2-Llama3-76B (Hermes-2 template)"),
+}
+#: Phi-3's chat specials, which the shared tiny vocabulary lacks.
+_PHI3_SPECIALS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+
+
 def make_tiny_internvl_chat(out_dir: str | Path, *, llm: str = "internlm2", sizes: TinySizes = TinySizes(),
-                            seed: int = 0, template: str | None = None) -> Path:
-    """Original InternVL-chat layout (InternVL2-2B-like with llm="internlm2", InternVL2.5-1B-like with "qwen2")."""
+                            seed: int = 0, template: str | None = None, ps_version: str = "v2",
+                            tie_word_embeddings: bool = False) -> Path:
+    """Original InternVL-chat layout, key names as InternVL ships them; `llm` is one of TINY_CHAT_LLMS.
+
+    ps_version="v1" imitates InternVL-Chat-V1-5's pixel-shuffle order; tie_word_embeddings=True stores no LM
+    head (``llm_config.tie_word_embeddings``), as InternVL2-1B / InternVL3-1B on a tied Qwen2-0.5B do.
+    """
     import json
     import tempfile
 
-    from vlft.model.internvl_chat_layout import write_tiny_internvl_chat_checkpoint
+    from safetensors.torch import load_file, save_file
 
+    from vlft.model.internvl_chat import llm_entry, native_key_to_chat, write_tiny_internvl_chat_checkpoint
+
+    if llm not in TINY_CHAT_LLMS:
+        raise ValueError(f"llm must be one of {', '.join(TINY_CHAT_LLMS)}, got {llm!r}")
+    llm_arch = TINY_CHAT_LLMS[llm][0]
+    default_template = "internvl2_5" if llm == "llama" else llm_entry(llm_arch).default_template
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        native = make_tiny_internvl_hf(tmp, llm="llama" if llm == "internlm2" else llm, sizes=sizes, seed=seed)
-        write_tiny_internvl_chat_checkpoint(native, out_dir, llm_arch=llm,
-                                            template=template or ("internlm2-chat" if llm == "internlm2" else
-                                                                  "internvl2_5"))
+        native = make_tiny_internvl_chat_twin(tmp, llm=llm, sizes=sizes, seed=seed)
+        state = load_file(str(native / "model.safetensors"))
+        hf_config = json.loads((native / "config.json").read_text())
+        if ps_version != "v2":
+            hf_config["ps_version"] = ps_version  # how vlft's native config carries a 'v1' pixel shuffle
+        write_tiny_internvl_chat_checkpoint((state, hf_config), out_dir, llm_arch=llm_arch,
+                                            template=template or default_template)
         for name in ("tokenizer.json", "tokenizer_config.json"):
             (out_dir / name).write_bytes((Path(tmp) / name).read_bytes())
-    json.loads((out_dir / "config.json").read_text())  # written by the layout module; fail early if not
+    config = json.loads((out_dir / "config.json").read_text())  # written by the layout module; fail early if not
+    if tie_word_embeddings:
+        weights = load_file(str(out_dir / "model.safetensors"))
+        head = native_key_to_chat("language_model.lm_head.weight", llm_arch=llm_arch)
+        embed = native_key_to_chat("language_model.model.embed_tokens.weight", llm_arch=llm_arch)
+        weights[embed] = weights.pop(head)  # the one matrix a tied model stores serves as both
+        save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+        config["llm_config"]["tie_word_embeddings"] = True
+        (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def make_tiny_internvl_chat_twin(out_dir: str | Path, *, llm: str = "internlm2", sizes: TinySizes = TinySizes(),
+                                 seed: int = 0) -> Path:
+    """The transformers-native twin of ``make_tiny_internvl_chat(llm=...)``: the same weights for the same seed,
+    written by ``InternVLForConditionalGeneration.save_pretrained`` (InternLM2 as Llama), for the official
+    class to be the oracle. As make_tiny_internvl_hf, plus the chat specials the shared vocabulary lacks.
+    """
+    from transformers import AutoConfig, InternVLConfig, InternVLForConditionalGeneration
+
+    from vlft.model.internvl_chat import llm_entry
+
+    out_dir = Path(out_dir)
+    text_type = llm_entry(TINY_CHAT_LLMS[llm][0]).model_type
+    tokenizer = build_tiny_tokenizer(out_dir, family="internvl", chat_style="chatml", vocab_size=sizes.vocab_size)
+    if llm == "phi3":
+        tokenizer.add_special_tokens({"additional_special_tokens": list(_PHI3_SPECIALS)})
+        tokenizer.save_pretrained(out_dir)
+    # Phi3Config's default special ids (32000) point past a tiny vocabulary; the others keep their defaults.
+    ids = (dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+           if text_type == "phi3" else {})
+    text_config = AutoConfig.for_model(**_text(sizes, text_type, len(tokenizer)), **ids)
+    config = InternVLConfig(vision_config=_vision_internvl(sizes), text_config=text_config.to_dict(),
+                            image_token_id=tokenizer.context_image_token_id, downsample_ratio=0.5,
+                            image_seq_length=(sizes.tile_size // 14 // 2) ** 2, vision_feature_layer=-1,
+                            tie_word_embeddings=False)
+    _seeded(seed)
+    model = InternVLForConditionalGeneration(config)
+    _perturb_norms(model)
+    model.save_pretrained(out_dir)
     return out_dir
 
 

@@ -5,19 +5,14 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from vlft.families import INTERNVL, family_named
+
 # Specials shared by every tiny tokenizer so one vocabulary serves every chat template.
 CHAT_SPECIALS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",          # chatml (Qwen, InternLM2)
     "<s>", "</s>", "<unk>",                                 # llama / vicuna
     "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",  # llama3
 ]
-INTERNVL_IMAGE_TOKENS = {
-    "start_image_token": "<img>",
-    "end_image_token": "</img>",
-    "context_image_token": "<IMG_CONTEXT>",
-    "video_token": "<video>",
-}
-LLAVA_IMAGE_TOKENS = {"image_token": "<image>"}
 
 _CORPUS_WORDS = (
     "the a an is are what which dish food photo image picture shows this that answer question "
@@ -38,17 +33,17 @@ def _corpus() -> list[str]:
     return lines * 4
 
 
-def build_tiny_tokenizer(out_dir: str | Path, *, family: str = "internvl", chat_style: str = "chatml",
+def build_tiny_tokenizer(out_dir: str | Path, *, family: str = INTERNVL.name, chat_style: str = "chatml",
                          vocab_size: int = 512):
     """Write a tokenizer to ``out_dir`` and return it as a ``PreTrainedTokenizerFast``.
 
-    family: "internvl" adds <img>, </img>, <IMG_CONTEXT>, <video> as named extra special tokens;
-            "llava" adds <image>; "text" adds none (a bare LLM's tokenizer).
+    family: a model family, whose named image tokens (InternVL: <img>, </img>, <IMG_CONTEXT>, <video>; LLaVA:
+            <image>) become named extra special tokens; "text" adds none (a bare LLM's tokenizer).
     chat_style: "chatml" (eos <|im_end|>, pad <|endoftext|>) or "llama" (bos <s>, eos </s>, unk <unk>).
     """
     from transformers import PreTrainedTokenizerFast
 
-    image_tokens = {"internvl": INTERNVL_IMAGE_TOKENS, "llava": LLAVA_IMAGE_TOKENS, "text": {}}[family]
+    image_tokens = {} if family == "text" else family_named(family).named_tokens
     specials = CHAT_SPECIALS + list(image_tokens.values())
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -1,0 +1,189 @@
+"""Ask vLLM (offline ``LLM.chat``, greedy) and ``vlft chat`` the same questions about the same images; print a
+table and a verdict.
+
+    python tools/check_serving.py MODEL_DIR --image a.png --image b.png --prompt "What is this?" --prompt ...
+    python tools/check_serving.py --lora ADAPTER --base BASE --image ... --prompt ...   (`vlft convert --to lora`)
+
+Every image is asked every prompt. vLLM cannot be imported beside vlft's torch, so it runs as a subprocess
+with the python of a separate virtual environment (``--vllm-python`` or $VLFT_VLLM_PYTHON; see
+tools/bench/README.md for the install recipe); this same file is its script (``--vllm-worker``), importing
+nothing but the standard library and vLLM there. On a machine without a GPU vLLM picks its CPU platform
+(VLLM_CPU_KVCACHE_SPACE=1). Both sides run in float32, so a difference is a serving difference, not rounding.
+
+An InternVL-chat folder needs InternVL's remote code for its config. vlft's tiny test checkpoints carry
+one-line placeholders instead; for those (only), the check runs on a copy with the config-only stand-ins
+of tools/serving_stubs/. Exit status: 0 when every answer is equal, 1 when one differs, 2 when vLLM failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+STUBS = Path(__file__).resolve().parent / "serving_stubs"
+PLACEHOLDER_MARK = "# Placeholder for"
+
+
+# ------------------------------------------------------------------------------------------------
+# vLLM side (runs under the vLLM venv's python)
+
+
+def vllm_worker(request_file: str) -> None:
+    request = json.loads(Path(request_file).read_text())
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from PIL import Image
+    from vllm import LLM, SamplingParams
+
+    kwargs = dict(model=request["model"], trust_remote_code=True, dtype="float32", max_model_len=request["max_len"],
+                  gpu_memory_utilization=0.05, enforce_eager=True, limit_mm_per_prompt={"image": 1}, seed=0,
+                  mm_processor_kwargs=request.get("mm_processor_kwargs") or None)
+    lora = None
+    if request.get("lora"):
+        from vllm.lora.request import LoRARequest
+
+        kwargs.update(enable_lora=True, max_lora_rank=request["max_lora_rank"], max_loras=1)
+        lora = LoRARequest("adapter", 1, request["lora"])
+    llm = LLM(**kwargs)
+    conversations = []
+    for case in request["cases"]:
+        image = Image.open(case["image"]).convert("RGB")
+        conversations.append([{"role": "user", "content": [{"type": "image_pil", "image_pil": image},
+                                                           {"type": "text", "text": case["prompt"]}]}])
+    template = Path(request["chat_template"]).read_text() if request.get("chat_template") else None
+    outputs = llm.chat(conversations, SamplingParams(temperature=0.0, max_tokens=request["max_tokens"]),
+                       chat_template=template, lora_request=lora, use_tqdm=False)
+    answers = [{"text": out.outputs[0].text, "token_ids": list(out.outputs[0].token_ids),
+                "prompt_tokens": len(out.prompt_token_ids)} for out in outputs]
+    Path(request["answers"]).write_text(json.dumps(answers))
+
+
+# ------------------------------------------------------------------------------------------------
+# vlft side
+
+
+def vlft_answers(model: str, cases: list[dict], max_tokens: int) -> list[str]:
+    """What `vlft chat MODEL --image I --prompt P --max-new-tokens N` answers, case by case (greedy, float32)."""
+    from vlft.infer._generate import GenerationSettings
+    from vlft.infer.chat import ChatSession
+    from vlft.infer.loading import load_for_inference
+
+    model_, pipeline = load_for_inference(model, device="cpu")
+    answers = []
+    for case in cases:
+        session = ChatSession(model_, pipeline, GenerationSettings(max_new_tokens=max_tokens))
+        answers.append(session.ask(case["prompt"], case["image"]))
+    return answers
+
+
+def _needs_stub_code(folder: Path) -> bool:
+    code = folder / "configuration_internvl_chat.py"
+    return code.is_file() and code.read_text().startswith(PLACEHOLDER_MARK)
+
+
+def servable_copy(folder: Path, scratch: Path) -> Path:
+    """``folder`` itself, or (tiny test checkpoints only) a linked copy with the config-only stand-ins."""
+    if not _needs_stub_code(folder):
+        return folder
+    copy = scratch / folder.name
+    copy.mkdir()
+    for item in folder.iterdir():
+        (copy / item.name).symlink_to(item.resolve())
+    for stub in STUBS.glob("*.py"):
+        (copy / stub.name).unlink(missing_ok=True)
+        shutil.copy2(stub, copy / stub.name)
+    return copy
+
+
+def run_vllm(python: str, model: Path, cases: list[dict], *, max_tokens: int, lora: Path | None,
+             scratch: Path, timeout: int) -> list[dict]:
+    request = {"model": str(model), "cases": cases, "max_tokens": max_tokens, "max_len": 4096,
+               "answers": str(scratch / "answers.json")}
+    if lora is not None:
+        config = json.loads((lora / "adapter_config.json").read_text())
+        request.update(lora=str(lora), max_lora_rank=next(s for s in (8, 16, 32, 64, 128, 256, 512) if s >= config["r"]))
+        record = json.loads((lora / "vlft_lora.json").read_text())
+        request["mm_processor_kwargs"] = record.get("mm_processor_kwargs") or {}
+        if (lora / "chat_template.jinja").is_file():
+            request["chat_template"] = str(lora / "chat_template.jinja")
+    (scratch / "request.json").write_text(json.dumps(request))
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
+    log = scratch / "vllm.log"
+    with open(log, "w") as out:
+        done = subprocess.run([python, __file__, "--vllm-worker", str(scratch / "request.json")], stdout=out,
+                              stderr=subprocess.STDOUT, env=env, timeout=timeout, cwd=scratch)
+    kept = Path(tempfile.gettempdir()) / "check_serving_vllm.log"  # the scratch folder goes; the log stays
+    shutil.copy2(log, kept)
+    if done.returncode != 0:
+        lines = log.read_text().strip().splitlines()
+        errors = [line for line in lines if "Error" in line or "error" in line][-5:]
+        raise RuntimeError(f"vLLM failed (whole log: {kept}):\n" + "\n".join(errors or lines[-15:]))
+    return json.loads((scratch / "answers.json").read_text())
+
+
+def table(cases: list[dict], ours: list[str], theirs: list[dict]) -> tuple[str, int]:
+    rows = ["| # | image | prompt | vlft chat | vLLM | equal |", "|---|---|---|---|---|---|"]
+    equal = 0
+    for i, (case, a, b) in enumerate(zip(cases, ours, theirs), start=1):
+        same = a.strip() == b["text"].strip()
+        equal += same
+        rows.append(f"| {i} | {Path(case['image']).name} | {case['prompt']} | {_cell(a)} | {_cell(b['text'])} | "
+                    f"{'yes' if same else '**no**'} |")
+    return "\n".join(rows), equal
+
+
+def _cell(text: str, width: int = 40) -> str:
+    text = text.strip().replace("\n", "⏎").replace("|", "\\|")
+    return repr(text if len(text) <= width else text[:width] + "…")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", help="a converted folder (--to hf or --to internvl-chat)")
+    parser.add_argument("--image", action="append", default=[], required=True)
+    parser.add_argument("--prompt", action="append", default=[], required=True)
+    parser.add_argument("--lora", help="an adapter from `vlft convert --to lora`; needs --base")
+    parser.add_argument("--base", help="the base model folder the adapter applies to")
+    parser.add_argument("--max-tokens", type=int, default=12)
+    parser.add_argument("--vllm-python", default=os.environ.get("VLFT_VLLM_PYTHON"))
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds for the vLLM run")
+    args = parser.parse_args(argv)
+    if not args.vllm_python or not Path(args.vllm_python).exists():
+        parser.error("no vLLM python: pass --vllm-python or set VLFT_VLLM_PYTHON (see tools/bench/README.md)")
+    if args.lora and not args.base or (args.model is None) == (args.lora is None):
+        parser.error("give MODEL_DIR, or --lora ADAPTER --base BASE")
+    cases = [{"image": str(Path(image).resolve()), "prompt": prompt} for image in args.image for prompt in args.prompt]
+
+    with tempfile.TemporaryDirectory(prefix="check_serving_") as tmp:
+        scratch = Path(tmp)
+        if args.lora:
+            lora = Path(args.lora).resolve()
+            served = servable_copy(Path(args.base).resolve(), scratch)
+            ours_model = json.loads((lora / "vlft_lora.json").read_text())["source"]  # the training checkpoint
+        else:
+            lora, served, ours_model = None, servable_copy(Path(args.model).resolve(), scratch), args.model
+        try:
+            theirs = run_vllm(args.vllm_python, served, cases, max_tokens=args.max_tokens, lora=lora,
+                              scratch=scratch, timeout=args.timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"error: {exc}")
+            return 2
+    ours = vlft_answers(ours_model, cases, args.max_tokens)
+    text, equal = table(cases, ours, theirs)
+    print(text)
+    verdict = "PASS" if equal == len(cases) else "FAIL"
+    print(f"\n{verdict}: {equal} of {len(cases)} greedy answers of vLLM equal `vlft chat`"
+          + (f" (adapter {args.lora} on {args.base})" if args.lora else f" ({args.model})"))
+    return 0 if equal == len(cases) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--vllm-worker":
+        vllm_worker(sys.argv[2])
+    else:
+        sys.exit(main())
