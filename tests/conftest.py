@@ -1,7 +1,10 @@
 """Shared fixtures: offline hub, tiny checkpoints written once per session."""
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# encoded-dataset caches go to a fresh folder per test session, never to ~/.cache
+os.environ.setdefault("VLFT_CACHE_DIR", tempfile.mkdtemp(prefix="vlft-test-cache-"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -318,6 +318,39 @@ def demo(work_dir, steps):
     run_demo(work_dir, steps=steps)
 
 
+@main.group()
+def cache():
+    """The encoded-dataset cache that train and check-data share ($VLFT_CACHE_DIR or ~/.cache/vlft/datasets).
+
+    \b
+    Example:
+      vlft cache list
+      vlft cache clear --older-than 30
+    """
+
+
+@cache.command("list")
+def cache_list():
+    """List the caches: key, rows, size, last use and what they encode."""
+    from vlft.data.cache import cache_root, list_caches
+
+    entries = list_caches()
+    click.echo(f"{cache_root()}: {len(entries)} cache(s)")
+    for entry in entries:
+        click.echo(entry.line())
+
+
+@cache.command("clear")
+@click.option("--older-than", type=click.FloatRange(min=0), default=None, metavar="DAYS",
+              help="Only caches unused for this many days.")
+def cache_clear(older_than):
+    """Remove caches (all, or those unused for --older-than DAYS); the next run re-encodes."""
+    from vlft.data.cache import clear_caches
+
+    removed = clear_caches(older_than_days=older_than)
+    click.echo(f"removed {len(removed)} cache(s), {sum(e.size_bytes for e in removed) / 2**20:,.1f} MiB")
+
+
 @main.command("list-configs")
 @click.option("-p", "--pattern", default="", help="Only names containing this.")
 def list_configs(pattern):

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from vlft.cli import main
 
-COMMANDS = ["train", "check-data", "merge", "convert", "chat", "eval", "demo", "list-configs", "copy-config"]
+COMMANDS = ["train", "check-data", "merge", "convert", "chat", "eval", "web", "demo", "cache", "list-configs",
+            "copy-config"]
 
 
 def test_help_is_fast_and_imports_nothing_heavy():

@@ -43,3 +43,10 @@ def test_train_bench_runs_on_a_handful_of_samples():
     output = _run("bench_train.py", "--samples", "8", "--micro-batch", "2", "--accumulation", "1", "--pack-rows", "1")
     for contender in ("transformers Trainer + peft, padding", "vlft, padding", "vlft, packing"):
         assert contender in output, contender
+
+
+def test_data_bench_runs_tiny():
+    output = _run("bench_data.py", "--tiny")
+    assert "1 of 2 ranks encoded (built once)" in output
+    for contender in ("in-process (old)", "cache cold, 2 procs", "cache warm"):
+        assert contender in output, contender

@@ -21,7 +21,8 @@ from vlft.engine.checkpoints import (TrainerState, check_work_dir, resolve_resum
                                      set_aside_newer)
 from vlft.engine.config_changes import Change, describe
 from vlft.engine.deepspeed_config import build_deepspeed_config, check_batch_sizes, engine_choice
-from vlft.engine.distributed import all_reduce_sum, launch_environment, world_size_from_env
+from vlft.data.rows import builds_cache
+from vlft.engine.distributed import all_reduce_sum, barrier, launch_environment, world_size_from_env
 from vlft.engine.lock import work_dir_lock
 from vlft.engine.progress import TrainLog
 from vlft.engine.signals import StopRequest, stop_on_signals
@@ -172,8 +173,12 @@ def _run(spec: ExperimentSpec, log: TrainLog, stop: StopRequest, dist, *, state:
     if resume_from is not None:
         load_trained_state(model, resume_from)
     say(format_report(trainable_report(model)))
-    dataset, held_out = training_and_validation(spec, build_dataset(spec, tokenizer, model.info), tokenizer,
-                                                model.info)
+    # one process per cache folder encodes; the others wait at the barrier and open what it published
+    encode = functools.partial(build_dataset, builder=builds_cache(dist.rank, dist.local_rank), wait=barrier)
+    dataset, held_out = training_and_validation(spec, encode(spec, tokenizer, model.info), tokenizer, model.info,
+                                                encode=encode)
+    if getattr(dataset, "cache_line", None):
+        say(dataset.cache_line)
     split = f"; {len(dataset)} to train on, {len(held_out)} held out for validation" if held_out is not None else ""
     say(f"data: {dataset.stats.summary(config_name)}{split}")
     plans = EpochPlans(dataset, spec, rank=dist.rank, world_size=world_size)

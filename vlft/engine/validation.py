@@ -52,12 +52,13 @@ def split_for_validation(dataset, fraction: float, seed: int) -> tuple[SampleSub
     return SampleSubset(dataset, sorted(order[count:])), SampleSubset(dataset, sorted(order[:count]))
 
 
-def training_and_validation(spec, dataset, tokenizer, info):
-    """The samples to train on and the held-out ones (None when the config asks for no validation)."""
+def training_and_validation(spec, dataset, tokenizer, info, *, encode=build_dataset):
+    """The samples to train on and the held-out ones (None when the config asks for no validation).
+    `encode` builds a dataset from a spec (the engine passes build_dataset with its cache barrier)."""
     if spec.data.val_datasets:
         val_spec = dataclasses.replace(spec, data=dataclasses.replace(
             spec.data, datasets=spec.data.val_datasets, val_datasets=[], val_split=0.0))
-        return dataset, build_dataset(val_spec, tokenizer, info)
+        return dataset, encode(val_spec, tokenizer, info)
     if spec.data.val_split > 0:
         return split_for_validation(dataset, spec.data.val_split, spec.schedule.seed)
     return dataset, None
