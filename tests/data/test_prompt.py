@@ -8,7 +8,7 @@ import torch
 
 from vlft.data.prompt import stop_kwargs, stop_strings, stop_token_ids
 from vlft.data.templates import TEMPLATES, get_template
-from vlft.engine.train import generate_samples
+from vlft.engine.samples import generate_samples
 from vlft.export.hf_files import write_generation_config
 from vlft.families import LLAVA
 from vlft.infer._generate import GenerationSettings, generate_kwargs

@@ -213,7 +213,7 @@ def test_deepspeed_json_auto_values_are_filled_and_contradictions_named(tmp_path
 
 def test_param_groups_split_learning_rates_and_weight_decay(tiny):
     from vlft.config import load_config
-    from vlft.engine.train import param_groups
+    from vlft.engine.optim import param_groups
     from vlft.model.adapters import apply_training_policy
     from vlft.model.load import build_vlm
 

@@ -1,7 +1,8 @@
-"""`vlft train`: config -> model + data -> DeepSpeed (or plain torch) -> steps -> checkpoints. Top to bottom.
+"""`vlft train`: settle (nothing heavy, nothing written) -> build (model, data, engine) -> fit (steps,
+checkpoints, validation) -> done. Top to bottom.
 
-One loop serves both engines: DeepSpeed's engine, or `PlainEngine` (below), which offers the same four
-calls (forward, backward, step, grad norm) on one process with torch's AdamW and LambdaLR.
+One loop serves both engines: DeepSpeed's engine, or `PlainEngine` (vlft.engine.optim), which offers the
+same calls (forward, backward, step, grad norm) on one process with torch's AdamW and LambdaLR.
 """
 from __future__ import annotations
 
@@ -17,24 +18,27 @@ from typing import Callable, Sequence
 
 import torch
 
+from vlft.data.encode import IGNORE_INDEX
+from vlft.data.rows import builds_cache
 from vlft.engine.checkpoints import (TrainerState, check_work_dir, resolve_resume, save_checkpoint, set_aside_log,
                                      set_aside_newer)
 from vlft.engine.config_changes import Change, describe
 from vlft.engine.deepspeed_config import build_deepspeed_config, check_batch_sizes, engine_choice
-from vlft.data.rows import builds_cache
-from vlft.engine.distributed import all_reduce_sum, barrier, launch_environment, world_size_from_env
+from vlft.engine.distributed import DistEnv, all_reduce_sum, barrier, launch_environment, world_size_from_env
 from vlft.engine.lock import work_dir_lock
+from vlft.engine.optim import PlainEngine, apply_schedule, current_lrs, grad_norm, param_groups, warmup_cosine
+from vlft.engine.plans import EpochPlans
 from vlft.engine.progress import TrainLog
+from vlft.engine.samples import check_sample_prompts, generate_samples
 from vlft.engine.signals import StopRequest, stop_on_signals
 from vlft.engine.state_files import (load_deepspeed_state, load_optimizer_state, load_rng_state, rng_file,
                                      save_optimizer_state, save_rng_state)
+from vlft.engine.trackers import check_trackers
 from vlft.engine.validation import training_and_validation, validation_loss
 from vlft.errors import ConfigError, DataError
-from vlft.data.encode import IGNORE_INDEX
-from vlft.engine.trackers import check_trackers
 from vlft.model.base_fingerprint import check_checkpoint_base, fingerprint
-from vlft.model.trained_state import read_checkpoint_meta
 from vlft.model.layouts import detect_layout, safetensors_files
+from vlft.model.trained_state import read_checkpoint_meta
 from vlft.specs import ExperimentSpec
 
 DS_STATE = "ds_state"          # DeepSpeed's optimizer/scheduler shards inside a checkpoint
@@ -107,7 +111,7 @@ def train(spec: ExperimentSpec, *, resume: str | None = None, allow_changes: boo
                  if use_deepspeed else None)
     config_record = json.loads(json.dumps(spec_to_dict(spec), default=str))
     is_main = int(os.environ.get("RANK", "0")) == 0
-    _check_sample_prompts(spec)
+    check_sample_prompts(spec)
     _check_inputs_exist(spec)
     check_trackers(spec.engine.report_to)
 
@@ -138,41 +142,63 @@ def train(spec: ExperimentSpec, *, resume: str | None = None, allow_changes: boo
             log = TrainLog(work_dir, start_step=state.step, logging_steps=spec.engine.logging_steps,
                            enabled=dist.is_main, config=config_record, report_to=spec.engine.report_to)
             try:
-                return _run(spec, log, stop, dist, state=state, resume_from=resume_from, changes=changes,
-                            notes=notes, on_step=on_step, ds_config=ds_config, global_batch=global_batch,
-                            world_size=world_size, precision=precision, config_record=config_record,
-                            base_print=base_print, config_name=config_name)
+                say = log.echo
+                say(f"vlft train -> {work_dir}  engine: {_engine_name(spec, world_size, dist.device, precision)}")
+                for note in notes:
+                    say(f"note: {note}")
+                if changes:
+                    say(f"--resume-allow-changes: applying from step {state.step}: {describe(changes)}")
+                run = _build(spec, log, dist, state=state, resume_from=resume_from, changes=changes,
+                             ds_config=ds_config, global_batch=global_batch, config_name=config_name)
+                saver = _Saver(run, ds_config=ds_config, config_record=config_record, base_print=base_print)
+                return _fit(run, saver, stop, on_step=on_step)
             finally:
                 log.close()
 
 
-def _run(spec: ExperimentSpec, log: TrainLog, stop: StopRequest, dist, *, state: TrainerState, resume_from,
-         changes: list[Change], notes, on_step, ds_config, global_batch: int, world_size: int, precision: str,
-         config_record: dict, base_print: dict, config_name: str) -> TrainResult:
-    """The run inside its lock, signal handlers and process group: build, train, save."""
+@dataclass
+class _Run:
+    """What the loop works with, built once by `_build`."""
+
+    spec: ExperimentSpec
+    log: TrainLog
+    dist: DistEnv
+    state: TrainerState
+    resume_from: Path | None
+    model: torch.nn.Module
+    tokenizer: object
+    dataset: object
+    held_out: object | None
+    plans: EpochPlans
+    engine: object          # DeepSpeed's engine or PlainEngine
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    total_steps: int
+
+    @property
+    def world_size(self) -> int:
+        return self.dist.world_size
+
+
+def _build(spec: ExperimentSpec, log: TrainLog, dist: DistEnv, *, state: TrainerState, resume_from: Path | None,
+           changes: list[Change], ds_config: dict | None, global_batch: int, config_name: str) -> _Run:
+    """Model (+ the checkpoint's weights), data and batch plans, optimizer and schedule, the engine."""
     from transformers import set_seed
 
     from vlft.data.dataset import build_dataset
     from vlft.model.adapters import apply_training_policy
     from vlft.model.load import build_vlm
     from vlft.model.report import format_report, trainable_report
-    from vlft.model.trained_state import load_trained_state, save_trained_state
+    from vlft.model.trained_state import load_trained_state
 
-    schedule, work_dir, use_deepspeed = spec.schedule, Path(spec.engine.work_dir), ds_config is not None
-    say = log.echo
-    say(f"vlft train -> {work_dir}  engine: {_engine_name(spec, world_size, dist.device, precision)}")
-    for note in notes:
-        say(f"note: {note}")
-    if changes:
-        say(f"--resume-allow-changes: applying from step {state.step}: {describe(changes)}")
-
-    # ---- model, data, batches
+    schedule, say, world_size = spec.schedule, log.echo, dist.world_size
     set_seed(schedule.seed)
     model, tokenizer = build_vlm(spec.model)
     apply_training_policy(model, spec.model)
     if resume_from is not None:
         load_trained_state(model, resume_from)
     say(format_report(trainable_report(model)))
+
     # one process per cache folder encodes; the others wait at the barrier and open what it published
     encode = functools.partial(build_dataset, builder=builds_cache(dist.rank, dist.local_rank), wait=barrier)
     dataset, held_out = training_and_validation(spec, encode(spec, tokenizer, model.info), tokenizer, model.info,
@@ -182,15 +208,15 @@ def _run(spec: ExperimentSpec, log: TrainLog, stop: StopRequest, dist, *, state:
     split = f"; {len(dataset)} to train on, {len(held_out)} held out for validation" if held_out is not None else ""
     say(f"data: {dataset.stats.summary(config_name)}{split}")
     plans = EpochPlans(dataset, spec, rank=dist.rank, world_size=world_size)
+    unit = "packed rows" if spec.data.packing else "samples"
     steps_per_epoch = len(plans.for_rank(0)) // schedule.gradient_accumulation
     if steps_per_epoch == 0:
-        raise DataError(f"{len(dataset)} samples do not fill one optimizer step of {global_batch} "
-                        f"{'packed rows' if spec.data.packing else 'samples'} (schedule.micro_batch_size x "
-                        "gradient_accumulation x processes); lower them or add data")
+        raise DataError(f"{len(dataset)} samples do not fill one optimizer step of {global_batch} {unit} "
+                        "(schedule.micro_batch_size x gradient_accumulation x processes); lower them or add data")
     total_steps = schedule.max_steps or max(1, math.ceil(schedule.epochs * steps_per_epoch))
     warmup_steps = math.ceil(schedule.warmup_ratio * total_steps)
     say(f"batch: {schedule.micro_batch_size} per process x {schedule.gradient_accumulation} accumulation x "
-        f"{world_size} process(es) = {global_batch} {'packed rows' if spec.data.packing else 'samples'} per step")
+        f"{world_size} process(es) = {global_batch} {unit} per step")
     say(f"steps: {total_steps} ({steps_per_epoch} per epoch, {total_steps / steps_per_epoch:.2f} epochs), "
         f"warmup {warmup_steps}")
     say(plans.token_budget(steps_per_epoch))
@@ -200,12 +226,12 @@ def _run(spec: ExperimentSpec, log: TrainLog, stop: StopRequest, dist, *, state:
             f"one {row}x{row} block under a mask; flash_attention_2 attends per sample, and a shorter "
             "data.pack_length costs less (tools/bench/README.md)")
 
-    # ---- optimizer (per-part learning rates), warmup + cosine schedule, engine
+    # optimizer (per-part learning rates), warmup + cosine schedule, engine; then the checkpoint's states
     groups = param_groups(model, schedule)
     planned = {group["name"]: (group["lr"], group["weight_decay"]) for group in groups}  # before a scheduler edits them
-    make_scheduler = functools.partial(_warmup_cosine, warmup_steps=warmup_steps, total_steps=total_steps,
+    make_scheduler = functools.partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=total_steps,
                                        min_lr_ratio=schedule.min_lr_ratio)
-    if use_deepspeed:
+    if ds_config is not None:
         import deepspeed
 
         _quiet_deepspeed()
@@ -231,45 +257,67 @@ def _run(spec: ExperimentSpec, log: TrainLog, stop: StopRequest, dist, *, state:
         load_rng_state(rng_file(resume_from, dist.rank))
         say(f"resuming from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batch})")
     log.start(total_steps)
+    return _Run(spec=spec, log=log, dist=dist, state=state, resume_from=resume_from, model=model, tokenizer=tokenizer,
+                dataset=dataset, held_out=held_out, plans=plans, engine=engine, optimizer=optimizer,
+                scheduler=scheduler, total_steps=total_steps)
 
-    def write_checkpoint(tmp: Path) -> None:
-        """Everything needed to continue (all ranks), then the model state with its marker (main, last)."""
-        if use_deepspeed:
-            engine.save_checkpoint(str(tmp / DS_STATE), tag=DS_TAG, save_latest=False,
-                                   exclude_frozen_parameters=True)
-        elif dist.is_main:
-            save_optimizer_state(tmp, optimizer, scheduler)
-        save_rng_state(rng_file(tmp, dist.rank))
-        with _gathered_for_save(model, ds_config):
-            if dist.is_main:
-                tokenizer.save_pretrained(str(tmp))
-                state.save(tmp)
-                save_trained_state(model, tmp, meta={
-                    "config": config_record, "step": state.step, "epoch": plans.progress(state),
-                    "base_model": spec.model.path or {"vision": spec.model.vision.path,
-                                                      "llm": spec.model.llm.path},
-                    "base_fingerprint": base_print,
-                    "engine": spec.engine.deepspeed or "torch", "world_size": world_size})
 
-    def save() -> Path:
-        path = save_checkpoint(work_dir, state.step, write_checkpoint, is_main=dist.is_main,
-                               save_total_limit=spec.engine.save_total_limit)
-        say(f"saved {path}")
+class _Saver:
+    """Writes checkpoint-<step> of a run: every rank its engine and RNG state, the main rank the model state
+    (adapters, trained tensors, tokenizer, trainer state and the marker, last)."""
+
+    def __init__(self, run: _Run, *, ds_config: dict | None, config_record: dict, base_print: dict):
+        self.run, self.ds_config = run, ds_config
+        self.config_record, self.base_print = config_record, base_print
+
+    def save(self, state: TrainerState) -> Path:
+        run = self.run
+        path = save_checkpoint(Path(run.spec.engine.work_dir), state.step, functools.partial(self._write, state=state),
+                               is_main=run.dist.is_main, save_total_limit=run.spec.engine.save_total_limit)
+        run.log.echo(f"saved {path}")
         return path
 
-    def evaluate() -> None:
-        loss = validation_loss(engine.module, held_out, rank=dist.rank, world_size=world_size, device=dist.device)
-        log.eval(state.step, loss, samples=len(held_out))
+    def _write(self, tmp: Path, *, state: TrainerState) -> None:
+        from vlft.model.trained_state import save_trained_state
 
-    # ---- the loop: micro-batches until total_steps optimizer steps; signals stop it at a step boundary
-    result = TrainResult(work_dir=work_dir, checkpoint=resume_from)
-    saved_step = state.step if resume_from is not None else -1
-    accumulation = schedule.gradient_accumulation
+        run, spec = self.run, self.run.spec
+        if self.ds_config is not None:
+            run.engine.save_checkpoint(str(tmp / DS_STATE), tag=DS_TAG, save_latest=False,
+                                       exclude_frozen_parameters=True)
+        elif run.dist.is_main:
+            save_optimizer_state(tmp, run.optimizer, run.scheduler)
+        save_rng_state(rng_file(tmp, run.dist.rank))
+        with _gathered_for_save(run.model, self.ds_config):
+            if run.dist.is_main:
+                run.tokenizer.save_pretrained(str(tmp))
+                state.save(tmp)
+                save_trained_state(run.model, tmp, meta={
+                    "config": self.config_record, "step": state.step, "epoch": run.plans.progress(state),
+                    "base_model": spec.model.path or {"vision": spec.model.vision.path, "llm": spec.model.llm.path},
+                    "base_fingerprint": self.base_print,
+                    "engine": spec.engine.deepspeed or "torch", "world_size": run.world_size})
+
+
+def _fit(run: _Run, saver: _Saver, stop: StopRequest, *, on_step) -> TrainResult:
+    """Micro-batches until total_steps optimizer steps; a stop signal ends it at a step boundary, saved."""
+    spec, log, dist, engine, plans, state = run.spec, run.log, run.dist, run.engine, run.plans, run.state
+    result = TrainResult(work_dir=Path(spec.engine.work_dir), checkpoint=run.resume_from)
+    saved_step = state.step if run.resume_from is not None else -1
+    accumulation = spec.schedule.gradient_accumulation
+
+    def evaluate() -> None:
+        loss = validation_loss(engine.module, run.held_out, rank=dist.rank, world_size=run.world_size,
+                               device=dist.device)
+        log.eval(state.step, loss, samples=len(run.held_out))
+
+    def due(every: int) -> bool:
+        return bool(every) and state.step % every == 0
+
     engine.train()
     try:
         epoch, batch = state.epoch, state.batch
         window = _Window()
-        while state.step < total_steps:
+        while state.step < run.total_steps:
             batches = plans.for_rank(epoch)
             for inputs in plans.loader(batches, start=batch, epoch=epoch):
                 window.add(inputs, plans.samples_in(batches[batch]))
@@ -285,68 +333,66 @@ def _run(spec: ExperimentSpec, log: TrainLog, stop: StopRequest, dist, *, state:
                     window.loss, window.counted = window.loss + loss.item(), window.counted + 1
                 if batch % accumulation:
                     continue
+                # one collective a step: the loss and counts, and whether any rank was asked to stop
                 loss_sum, counted, tokens, samples, stops = all_reduce_sum(
                     [window.loss, window.counted, window.tokens, window.samples, float(stop.requested)], dist.device)
                 step_loss = loss_sum / counted if counted else float("nan")
-                state = TrainerState(state.step + 1, epoch, batch, world_size)
+                state = TrainerState(state.step + 1, epoch, batch, run.world_size)
                 result.steps.append(state.step)
                 result.losses.append(step_loss)
-                log.step(state.step, epoch=plans.progress(state), loss=step_loss, lrs=_lrs(engine),
-                         grad_norm=_grad_norm(engine), tokens=int(tokens), samples=int(samples),
+                log.step(state.step, epoch=plans.progress(state), loss=step_loss, lrs=current_lrs(engine),
+                         grad_norm=grad_norm(engine), tokens=int(tokens), samples=int(samples),
                          seconds=time.perf_counter() - window.start)
                 window = _Window()
                 if stops:
                     raise _StopAtBoundary
-                if spec.engine.sample_every and state.step % spec.engine.sample_every == 0:
-                    log.samples(state.step, generate_samples(engine.module, dataset.pipeline, spec, dist.device),
+                if due(spec.engine.sample_every):
+                    log.samples(state.step, generate_samples(engine.module, run.dataset.pipeline, spec, dist.device),
                                 images=[p.image or None for p in spec.engine.sample_prompts])
-                if held_out is not None and spec.engine.eval_steps and state.step % spec.engine.eval_steps == 0:
+                if run.held_out is not None and due(spec.engine.eval_steps):
                     evaluate()
-                if spec.engine.save_steps and state.step % spec.engine.save_steps == 0:
-                    result.checkpoint, saved_step = save(), state.step
+                if due(spec.engine.save_steps):
+                    result.checkpoint, saved_step = saver.save(state), state.step
                 if on_step is not None:
                     on_step(state.step, step_loss)
-                if stop.requested and world_size == 1:
+                if stop.requested and run.world_size == 1:
                     raise _StopAtBoundary
-                if state.step >= total_steps:
+                if state.step >= run.total_steps:
                     break
             else:
                 epoch, batch = epoch + 1, 0
     except (KeyboardInterrupt, _StopAtBoundary):
         stop.saving = True
         if state.step > saved_step and state.step > 0:
-            result.checkpoint = save()
-        say(f"interrupted at step {state.step}: " + (
+            result.checkpoint = saver.save(state)
+        log.echo(f"interrupted at step {state.step}: " + (
             f"{result.checkpoint} holds it; continue with --resume auto" if result.checkpoint
             else "nothing to save yet"))
         result.loss_plot = log.close()
         raise TrainingInterrupted(result, signal_name=stop.name or "SIGINT",
                                   exit_code=stop.exit_code if stop.requested else 130) from None
-    if held_out is not None and not (spec.engine.eval_steps and state.step % spec.engine.eval_steps == 0):
+    if run.held_out is not None and not due(spec.engine.eval_steps):
         evaluate()
     if state.step > saved_step:
-        result.checkpoint = save()
+        result.checkpoint = saver.save(state)
     final_loss = log.final_loss()
-    if dataset.stats.training_summary():
-        say(dataset.stats.training_summary())
+    if run.dataset.stats.training_summary():
+        log.echo(run.dataset.stats.training_summary())
     result.loss_plot = log.close()
-    say(f"done: {state.step} steps, final loss {final_loss:.4f} (mean of the last logged window); "
-        f"checkpoint {result.checkpoint}" + (f"; loss curve {result.loss_plot}" if result.loss_plot else ""))
+    log.echo(f"done: {state.step} steps, final loss {final_loss:.4f} (mean of the last logged window); "
+             f"checkpoint {result.checkpoint}" + (f"; loss curve {result.loss_plot}" if result.loss_plot else ""))
     return result
 
 
-def apply_schedule(optimizer, scheduler, planned: dict[str, tuple[float, float]]) -> None:
-    """--resume-allow-changes: the restored optimizer and scheduler take this run's learning rates and
-    weight decay (the checkpoint's came back with their state), and the lr is recomputed at the step
-    reached, on this run's warmup and cosine."""
-    for index, group in enumerate(optimizer.param_groups):
-        if group.get("name") not in planned:
-            continue
-        lr, weight_decay = planned[group["name"]]
-        group["initial_lr"], group["weight_decay"] = lr, weight_decay
-        scheduler.base_lrs[index] = lr
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * factor(scheduler.last_epoch)
+class _Window:
+    """Micro-batches of the optimizer step in progress."""
+
+    def __init__(self):
+        self.loss, self.counted, self.tokens, self.samples, self.start = 0.0, 0, 0, 0, time.perf_counter()
+
+    def add(self, inputs: dict, samples: int) -> None:
+        self.tokens += int(inputs["num_tokens"])
+        self.samples += samples
 
 
 def _paths(spec: ExperimentSpec) -> list[tuple[str, str]]:
@@ -383,198 +429,6 @@ def resolved_spec(spec: ExperimentSpec, *, work_dir: str, deepspeed: str | None)
                                    sample_prompts=prompts))
 
 
-def param_groups(model: torch.nn.Module, schedule) -> list[dict]:
-    """Trainable parameters by part, each part with its learning rate; no weight decay on biases and norms.
-
-    LLM (LoRA or full): schedule.lr; connector: schedule.connector_lr (else lr); vision: schedule.vision_lr
-    (else lr). Group names ("llm", "llm/no_decay", "connector", ...) appear in the logs.
-    """
-    parts = {"language_model": ("llm", schedule.lr),
-             "multi_modal_projector": ("connector", _or(schedule.connector_lr, schedule.lr)),
-             "vision_tower": ("vision", _or(schedule.vision_lr, schedule.lr))}
-    groups: dict[str, dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        label, lr = parts[name.split(".", 1)[0]]
-        no_decay = param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower()
-        key = f"{label}/no_decay" if no_decay else label
-        group = groups.setdefault(key, {"name": key, "params": [], "lr": lr,
-                                        "weight_decay": 0.0 if no_decay else schedule.weight_decay})
-        group["params"].append(param)
-    if not groups:
-        raise ConfigError("nothing to train: model.llm.train and model.vision.train are 'frozen' and "
-                          "model.connector.train is False; unfreeze one of them")
-    order = ["llm", "llm/no_decay", "connector", "connector/no_decay", "vision", "vision/no_decay"]
-    return [groups[k] for k in order if k in groups]
-
-
-class EpochPlans:
-    """This rank's micro-batches of each epoch, and DataLoaders over them.
-
-    `plan_batches` cuts the epoch into batch-groups of micro x world-size samples (or packed rows); rank r
-    takes every world-size-th member of each group, so ranks see disjoint, length-matched micro-batches
-    and the plan needs no communication. Groups too small to give every rank a share, and micro-batches
-    that would leave a partial accumulation at the epoch's end, are dropped (the next epoch reshuffles).
-    """
-
-    def __init__(self, dataset, spec: ExperimentSpec, *, rank: int, world_size: int):
-        self.dataset, self.spec, self.rank, self.world_size = dataset, spec, rank, world_size
-        self.lengths, self.has_image = dataset.lengths, dataset.has_image
-        self._cache: dict[int, list] = {}
-
-    def groups(self, epoch: int, packing: bool | None = None) -> list:
-        from vlft.data.sampler import plan_batches
-
-        packing = self.spec.data.packing if packing is None else packing
-        groups = plan_batches(self.lengths, self.has_image,
-                              batch_size=self.spec.schedule.micro_batch_size * self.world_size,
-                              seed=self.spec.schedule.seed, epoch=epoch, group_by_length=self.spec.data.group_by_length,
-                              packing=packing, max_length=self.spec.data.packed_row_length)
-        return [g for g in groups if len(g) >= self.world_size]
-
-    def for_rank(self, epoch: int) -> list:
-        if epoch not in self._cache:
-            mine = [group[self.rank::self.world_size] for group in self.groups(epoch)]
-            self._cache = {epoch: mine[:len(mine) - len(mine) % self.spec.schedule.gradient_accumulation]}
-        return self._cache[epoch]
-
-    def samples_in(self, micro_batch: list) -> int:
-        return sum(len(row) for row in micro_batch) if self.spec.data.packing else len(micro_batch)
-
-    def progress(self, state: TrainerState) -> float:
-        """Epochs done, as a fraction (the current epoch's share from the position inside it)."""
-        return state.epoch + state.batch / max(1, len(self.for_rank(state.epoch)))
-
-    def loader(self, batches: list, *, start: int, epoch: int):
-        from torch.utils.data import DataLoader
-
-        from vlft.data.collate import pack_collate, pad_collate
-
-        pad_id = self.dataset.pipeline.tokenizer.pad_token_id
-        pad_id = pad_id if pad_id is not None else 0
-        packing = self.spec.data.packing
-        # A private generator: creating the loader must not draw from the global RNG (dropout), or a
-        # resumed run would diverge from an uninterrupted one.
-        generator = torch.Generator().manual_seed(self.spec.schedule.seed * 1000 + epoch)
-        return DataLoader(_Rows(self.dataset) if packing else self.dataset, batch_sampler=batches[start:],
-                          collate_fn=functools.partial(pack_collate if packing else pad_collate, pad_token_id=pad_id),
-                          num_workers=self.spec.data.num_workers, generator=generator)
-
-    def token_budget(self, steps_per_epoch: int) -> str:
-        """Real tokens per optimizer step, and how much of the computed rectangle is real: padded vs packed."""
-        from vlft.data.collate import token_efficiency
-
-        used = self.groups(0)[:steps_per_epoch * self.spec.schedule.gradient_accumulation]
-        rows = [row for g in used for row in g]
-        tokens = sum(self.lengths[i] for row in rows for i in (row if self.spec.data.packing else [row]))
-        mine = token_efficiency(self.lengths, used, self.spec.data.packing)
-        line = f"tokens: ~{tokens / steps_per_epoch:,.0f} per step; "
-        if len(self.lengths) > 20_000:  # the other plan would take a while to compute
-            return line + f"{'packing' if self.spec.data.packing else 'padding'} efficiency {mine:.1%}"
-        other = token_efficiency(self.lengths, self.groups(0, packing=not self.spec.data.packing),
-                                 not self.spec.data.packing)
-        pad, pack = (other, mine) if self.spec.data.packing else (mine, other)
-        return line + (f"efficiency with padding {pad:.1%}, with packing {pack:.1%} "
-                       f"(data.packing={self.spec.data.packing})")
-
-
-class _Rows:
-    """Packing: the DataLoader fetches a row (a tuple of sample indices) as one item."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __getitem__(self, row) -> list[dict]:
-        return [self.dataset[i] for i in row]
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-
-class _Window:
-    """Micro-batches of the optimizer step in progress."""
-
-    def __init__(self):
-        self.loss, self.counted, self.tokens, self.samples, self.start = 0.0, 0, 0, 0, time.perf_counter()
-
-    def add(self, inputs: dict, samples: int) -> None:
-        self.tokens += int(inputs["num_tokens"])
-        self.samples += samples
-
-
-class PlainEngine:
-    """DeepSpeed's engine calls for one process with torch only: loss scaled for accumulation, clipping,
-    AdamW and the scheduler stepped on each accumulation boundary."""
-
-    def __init__(self, module, optimizer, scheduler, *, accumulation: int, max_grad_norm: float):
-        self.module, self.optimizer, self.lr_scheduler = module, optimizer, scheduler
-        self.accumulation, self.max_grad_norm = accumulation, max_grad_norm
-        self.micro_steps, self.grad_norm = 0, None
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
-
-    def __call__(self, **inputs):
-        return self.module(**inputs)
-
-    def train(self) -> None:
-        self.module.train()
-
-    def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.accumulation).backward()
-
-    def step(self) -> None:
-        self.micro_steps += 1
-        if self.micro_steps % self.accumulation:
-            return
-        self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm or math.inf))
-        self.optimizer.step()
-        self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def get_global_grad_norm(self) -> float | None:
-        return self.grad_norm
-
-
-def generate_samples(model, pipeline, spec: ExperimentSpec, device) -> list[tuple[str, str]]:
-    """Greedy answers to engine.sample_prompts, so a user watches the model learn (XTuner's chat hook)."""
-    from vlft.data.prompt import generation_prompt, stop_kwargs
-    from vlft.data.record import IMAGE_PLACEHOLDER, Turn
-    from vlft.data.tiling import load_image, tiles_for_image
-
-    tokenizer = pipeline.tokenizer
-    stops = stop_kwargs(tokenizer, pipeline.template)  # the rule chat, eval and the export share
-    answers = []
-    was_training = model.training
-    model.eval()
-    for sample in spec.engine.sample_prompts:
-        text, pixels, tiles = sample.prompt, None, []
-        if sample.image:
-            pixels = tiles_for_image(load_image(sample.image), pipeline.tiling).to(device)
-            tiles = [pixels.shape[0]]
-            if IMAGE_PLACEHOLDER not in text:
-                text = f"{IMAGE_PLACEHOLDER}\n{text}"
-        ids = generation_prompt(pipeline, [Turn("user", text)], tiles)
-        new = model.generate(torch.tensor([ids], device=device), pixel_values=pixels, do_sample=False,
-                             max_new_tokens=spec.engine.sample_max_new_tokens, **stops,
-                             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-        answers.append((sample.prompt, tokenizer.decode(new[0], skip_special_tokens=True).strip()))
-    model.train(was_training)
-    return answers
-
-
-def _warmup_cosine(optimizer, *, warmup_steps: int, total_steps: int, min_lr_ratio: float):
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
-
-    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, num_warmup_steps=warmup_steps,
-                                                       num_training_steps=total_steps, min_lr_rate=min_lr_ratio)
-
-
-def _check_sample_prompts(spec: ExperimentSpec) -> None:
-    for i, sample in enumerate(spec.engine.sample_prompts):
-        if sample.image and not Path(sample.image).is_file():
-            raise ConfigError(f"engine.sample_prompts[{i}].image={sample.image}: no such file")
-
-
 def _check_inputs_exist(spec: ExperimentSpec) -> None:
     """The base's directories and weight files and the annotation files, by their headers only: a wrong
     path is one line before the work dir is touched."""
@@ -600,19 +454,6 @@ def _gathered_for_save(model, ds_config):
                                              modifier_rank=None)
 
 
-def _lrs(engine) -> dict[str, float]:
-    """Current learning rate per part (decay and no-decay groups share it)."""
-    lrs = {}
-    for i, group in enumerate(engine.optimizer.param_groups):
-        lrs.setdefault(str(group.get("name", i)).split("/")[0], float(group["lr"]))
-    return lrs
-
-
-def _grad_norm(engine) -> float | None:
-    norm = engine.get_global_grad_norm()
-    return None if norm is None else float(norm)
-
-
 def _engine_name(spec: ExperimentSpec, world_size: int, device, precision: str) -> str:
     choice = spec.engine.deepspeed
     name = ("plain torch (AdamW)" if choice is None else f"DeepSpeed {choice.upper()}" if choice.startswith("zero")
@@ -629,7 +470,3 @@ def _quiet_deepspeed() -> None:
 
     logger.setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-
-
-def _or(value, default):
-    return default if value is None else value
