@@ -132,7 +132,7 @@ def table(cases: list[dict], ours: list[str], theirs: list[dict]) -> tuple[str, 
     for i, (case, a, b) in enumerate(zip(cases, ours, theirs), start=1):
         same = a.strip() == b["text"].strip()
         equal += same
-        rows.append(f"| {i} | {Path(case['image']).name} | {case['prompt']} | {_cell(a)} | {_cell(b['text'])} | "
+        rows.append(f"| {i} | {Path(case['image']).name} | {_cell(case['prompt'], 60)} | {_cell(a)} | {_cell(b['text'])} | "
                     f"{'yes' if same else '**no**'} |")
     return "\n".join(rows), equal
 

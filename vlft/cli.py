@@ -189,11 +189,20 @@ class _ExportTargetChoice(click.Choice):
         pass
 
 
+class _ExportTargetOption(click.Option):
+    """`--to`'s help: each target of vlft.export.targets with what it is for, read only when help is shown."""
+
+    def get_help_record(self, ctx):
+        from vlft.export.targets import targets_help
+
+        self.help = targets_help()
+        return super().get_help_record(ctx)
+
+
 @main.command()
 @click.argument("checkpoint", type=click.Path(file_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--to", "target", type=_ExportTargetChoice(), required=True,
-              help="hf: transformers-native (vLLM, LMDeploy, transformers); internvl-chat: original layout.")
+@click.option("--to", "target", type=_ExportTargetChoice(), required=True, cls=_ExportTargetOption)
 @click.option("--verify/--no-verify", default=None,
               help="Compare logits and greedy tokens with transformers' class (default: on when importable).")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 from vlft.errors import ConfigError
+from vlft.families import FAMILIES, family_named
 
-FAMILIES = ("internvl", "llava")
 TRAIN_MODES = ("frozen", "lora", "full")
 DTYPES = ("float32", "bfloat16", "float16")
 #: The short spellings the CLI's --dtype uses; a config may use either, specs hold the long names.
@@ -123,7 +123,7 @@ class ModelSpec:
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
-        _one_of(self.family, FAMILIES, "model.family")
+        _one_of(self.family, tuple(FAMILIES), "model.family")
         self.dtype = _dtype(self.dtype, "model.dtype")
         _one_of(self.attn_implementation, ("eager", "sdpa", "flash_attention_2"), "model.attn_implementation")
         if self.path is None and (self.vision.path is None or self.llm.path is None):
@@ -135,9 +135,11 @@ class ModelSpec:
         if self.llm.quantization is not None and self.llm.train == "full":
             raise ConfigError("model.llm.quantization and model.llm.train='full' contradict: "
                               "a quantized LLM can only be trained with LoRA (train='lora') or frozen")
-        if self.family == "llava" and self.connector.downsample_ratio != 1.0:
-            raise ConfigError("model.family='llava' and model.connector.downsample_ratio="
-                              f"{self.connector.downsample_ratio} contradict: LLaVA has no pixel shuffle, use 1.0")
+        family = family_named(self.family)
+        if not family.pixel_shuffle and self.connector.downsample_ratio != 1.0:
+            raise ConfigError(f"model.family={self.family!r} and model.connector.downsample_ratio="
+                              f"{self.connector.downsample_ratio} contradict: {family.name} has no pixel shuffle, "
+                              "use 1.0")
 
 
 @dataclass
@@ -298,10 +300,7 @@ class ExperimentSpec:
     engine: EngineSpec = field(default_factory=EngineSpec)
 
     def __post_init__(self):
-        tiling = self.data.tiling
-        if self.model.family == "llava" and tiling.mode == "dynamic":
-            raise ConfigError("model.family='llava' and data.tiling.mode='dynamic' contradict: "
-                              "LLaVA uses 'pad_square' (1.5) or 'anyres' (NeXT)")
-        if self.model.family == "internvl" and tiling.mode in ("pad_square", "anyres"):
-            raise ConfigError(f"model.family='internvl' and data.tiling.mode={tiling.mode!r} contradict: "
-                              "InternVL uses 'dynamic' (or 'resize')")
+        mode, modes = self.data.tiling.mode, family_named(self.model.family).tiling_modes
+        if mode not in modes:
+            raise ConfigError(f"model.family={self.model.family!r} and data.tiling.mode={mode!r} contradict: "
+                              f"{self.model.family} tiles with {' or '.join(map(repr, modes))}")

@@ -251,7 +251,7 @@ def test_cli_convert_llava_to_internvl_chat_is_one_line(train_ckpt, tmp_path):
     result = CliRunner().invoke(main, ["convert", str(ckpt), str(tmp_path / "out"), "--to", "internvl-chat"])
     assert result.exit_code == 2
     assert _lines(result.output) == [f"error: --to internvl-chat: {ckpt} holds a LLaVA model, and the InternVL-chat "
-                                     "layout is for InternVL models only; use --to hf"]
+                                     "layout is for InternVL models only; use --to hf or --to lora"]
     assert not (tmp_path / "out").exists()
 
 

@@ -42,7 +42,7 @@ def test_the_internvl_chat_layout_is_internvl_and_unknown_configs_are_no_family(
 def test_internvl_wraps_its_image_run_and_llava_does_not():
     assert INTERNVL.image_tokens == ImageTokens("<IMG_CONTEXT>", "<img>", "</img>") and INTERNVL.image_tokens.wraps
     assert LLAVA.image_tokens == ImageTokens("<image>") and not LLAVA.image_tokens.wraps
-    assert INTERNVL.export_targets == ("hf", "internvl-chat") and LLAVA.export_targets == ("hf",)
+    assert INTERNVL.export_targets == ("hf", "internvl-chat", "lora") and LLAVA.export_targets == ("hf", "lora")
 
 
 @pytest.mark.battery("model-dirs", was="traceback")
@@ -58,3 +58,29 @@ def test_a_qwen_vl_directory_is_one_line_saying_it_is_out_of_scope(tmp_path, mod
                                               "vlft's scope") as caught:
         detect_layout(tmp_path)
     assert "\n" not in str(caught.value)
+
+
+#: Files where a family's name may be written as a string: the families themselves, the config validation,
+#: and two strings that are no family branch: data-format names ("llava" rows) and transformers' InternVLConfig
+#: model_type, which the InternVL-chat config mapping writes.
+_NAME_ALLOWED = ("families/", "specs.py", "data/formats.py", "model/internvl_chat/config_map.py")
+
+
+def test_no_module_outside_the_families_branches_on_a_family_name():
+    import io
+    import tokenize
+    from pathlib import Path
+
+    import vlft
+
+    root = Path(vlft.__file__).parent
+    names = {f'"{family}"' for family in ("internvl", "llava")} | {f"'{family}'" for family in ("internvl", "llava")}
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        where = path.relative_to(root).as_posix()
+        if where.startswith(_NAME_ALLOWED):
+            continue
+        for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+            if token.type == tokenize.STRING and token.string in names:
+                found.append(f"vlft/{where}:{token.start[0]}: {token.string}")
+    assert not found, "ask vlft.families instead: " + "; ".join(found)

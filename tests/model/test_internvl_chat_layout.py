@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import InternVLConfig, InternVLForConditionalGeneration
 
-from vlft.model.internvl_chat_layout import (
+from vlft.model.internvl_chat import (
     LayoutError,
     chat_config_to_native,
     chat_key_to_native,

@@ -160,10 +160,6 @@ def test_bad_model_directories(tmp_path, tiny_dir):
     (tmp_path / "odd" / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(CheckpointError, match="unknown model layout.*model_type='bert'"):
         build_vlm(_spec(path=str(tmp_path / "odd")).model)
-    (tmp_path / "next").mkdir()
-    (tmp_path / "next" / "config.json").write_text('{"model_type": "llava_next"}')
-    with pytest.raises(CheckpointError, match="a LLaVA-NeXT model .* not implemented; LLaVA-1.5 .* is supported"):
-        build_vlm(_spec(path=str(tmp_path / "next")).model)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no config.json"):
         build_vlm(_spec(path=str(tmp_path / "empty")).model)

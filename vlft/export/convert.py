@@ -7,6 +7,9 @@ format.
   derived from the training tiling.
 - ``internvl-chat``: the original ``InternVLChatModel`` layout (trust_remote_code) with the training
   fields (template, tiling, pixel shuffle) from the run and the base's remote-code files.
+- ``lora``: the LLM's LoRA as a PEFT adapter for the unchanged base (vlft.export.lora writes OUT itself).
+
+The targets are the entries of vlft.export.targets.TARGETS.
 
 Both stream the weights into shards and write atomically (see vlft.export.staging). Verification runs
 on the staged directory before it is renamed into place, so a failed check leaves no OUT behind.
@@ -19,14 +22,15 @@ from pathlib import Path
 
 from vlft.errors import CheckpointError
 from vlft.export.hf_files import (INTERNVL_CHAT_TEMPLATE_NAMES, MODEL_RECORD, export_template,
-                                  read_model_record, training_tiling, write_generation_config, write_model_record,
-                                  write_processor_files, write_tokenizer)
+                                  missing_remote_code_line, read_model_record, training_tiling,
+                                  write_generation_config, write_model_record, write_processor_files, write_tokenizer)
 from vlft.export.merge import (MergedModel, StreamedMerge, load_for_export, model_record, prepare_merge,
                                write_native)
 from vlft.export.staging import check_output, staged_output
-from vlft.export.targets import TARGETS, ExportTarget, target_named
-from vlft.export.writers import ShardReport, human_size, parse_size, torch_dtype, write_sharded
+from vlft.export.targets import TARGETS, ExportTarget, Written, target_named
+from vlft.export.writers import human_size, parse_size, torch_dtype, write_sharded
 from vlft.families import FAMILIES, family_named
+from vlft.model.internvl_chat import LLM_ARCHS, iter_native_to_chat, native_config_to_chat
 from vlft.model.layouts import CHECKPOINT_MARKER, detect_layout
 
 
@@ -36,7 +40,8 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str =
     """Write CHECKPOINT (training checkpoint or `vlft merge` output) to OUT in the ``target`` format.
 
     Args:
-        target: "hf" (transformers-native) or "internvl-chat" (original InternVL layout).
+        target: a `vlft.export.targets` name: "hf" (transformers-native), "internvl-chat" (original InternVL
+            layout) or "lora" (the LLM's LoRA as a PEFT adapter for the base, from a training checkpoint).
         verify: None = on when it can run (hf: transformers has the class; internvl-chat: always).
             hf: logits within 1e-4 and 16 greedy tokens equal between transformers' class and vlft's
             model (fp32, eager), written tensors bit-equal to the merged model, and the exported chat
@@ -51,6 +56,9 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str =
     source, out = Path(checkpoint), Path(out)
     peek = peek_source(source)
     chosen = check_target(target, peek, source)
+    if chosen.export is not None:  # a target that writes OUT whole from the source (no merged model)
+        chosen.export(source, out, verify=verify, overwrite=overwrite, log=log)
+        return out
     weights_dtype = torch_dtype(dtype)
     parse_size(max_shard_size)
     check_output(out, overwrite=overwrite, sources=[source])
@@ -61,15 +69,16 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str =
     else:
         merged = load_for_export(source)
     with staged_output(out, overwrite=overwrite, sources=[source], log=log) as staging:
-        report, warnings = chosen.write(staging, merged, dtype=dtype, max_shard_size=max_shard_size)
-        for warning in warnings:
+        written = chosen.write(staging, merged, dtype=dtype, max_shard_size=max_shard_size)
+        report = written.report
+        for warning in written.warnings:
             log(f"warning: {warning}")
         log(f"{target}: {len(report.weight_map)} tensors, {human_size(report.total_bytes)} {dtype} in "
             f"{len(report.shard_bytes)} shard(s), the largest {human_size(report.largest_shard_bytes)}")
         if run_verify:
             result = chosen.verify(staging, merged, dtype=weights_dtype)
             log(result.summary())
-    log(f"wrote {out}")
+    log(f"wrote {out}" if written.incomplete is None else f"wrote {out}, which is not complete: {written.incomplete}")
     return out
 
 
@@ -87,10 +96,11 @@ def peek_source(source: Path) -> dict:
         meta = read_checkpoint_meta(source)
         data = meta.get("config", {}).get("data", {})
         return {"family": meta["info"]["family"], "template": data.get("template"),
-                "system_prompt": data.get("system_prompt")}
+                "system_prompt": data.get("system_prompt"), "ps_version": meta["info"].get("ps_version", "v2")}
     if (source / MODEL_RECORD).is_file():
         record = read_model_record(source)
-        return {"family": record["family"], "template": record["template"], "system_prompt": record["system_prompt"]}
+        return {"family": record["family"], "template": record["template"], "system_prompt": record["system_prompt"],
+                "ps_version": record["info"].get("ps_version", "v2")}
     layout = detect_layout(source)  # one line for a directory that is no model at all
     raise CheckpointError(f"{source}: a {layout.value} directory that vlft did not write (no {CHECKPOINT_MARKER} or "
                           f"{MODEL_RECORD}); give a training checkpoint or the output of `vlft merge`")
@@ -113,11 +123,10 @@ def check_target(target: str, peek: dict, source: Path) -> ExportTarget:
 # Writers
 
 
-def write_hf(out: Path, merged: MergedModel | StreamedMerge, *, dtype: str, max_shard_size,
-             ) -> tuple[ShardReport, list[str]]:
+def write_hf(out: Path, merged: MergedModel | StreamedMerge, *, dtype: str, max_shard_size) -> Written:
     report = write_native(out, merged, dtype=dtype, max_shard_size=max_shard_size)
     warnings = write_processor_files(out, merged.info, training_tiling(merged.spec, merged.info))
-    return report, warnings
+    return Written(report, warnings)
 
 
 def chat_training_fields(spec, info) -> dict:
@@ -125,7 +134,7 @@ def chat_training_fields(spec, info) -> dict:
     tiling = training_tiling(spec, info)
     return {
         "template": INTERNVL_CHAT_TEMPLATE_NAMES[spec.data.template],
-        "ps_version": "v2",
+        "ps_version": info.ps_version,
         "force_image_size": tiling.tile_size,
         "dynamic_image_size": tiling.mode == "dynamic",
         "min_dynamic_patch": tiling.min_tiles,
@@ -136,39 +145,33 @@ def chat_training_fields(spec, info) -> dict:
     }
 
 
-def write_internvl_chat(out: Path, merged: MergedModel | StreamedMerge, *, dtype: str, max_shard_size,
-                        ) -> tuple[ShardReport, list[str]]:
+def write_internvl_chat(out: Path, merged: MergedModel | StreamedMerge, *, dtype: str, max_shard_size) -> Written:
     """The original InternVL layout; the weights go through iter_native_to_chat one layer at a time, so a
     StreamedMerge never has the model in memory (InternVL's native names are its export names)."""
-    from vlft.model.internvl_chat_layout import iter_native_to_chat, native_config_to_chat
-
     spec = merged.spec
     native = merged.config(dtype=dtype).to_dict()
     llm_arch = merged.provenance.get("llm_arch")
     if llm_arch is None:
         raise CheckpointError(f"--to internvl-chat: the LLM ({native['text_config']['model_type']}) has no "
-                              "InternVL-chat layout here (InternLM2, Qwen2 or Llama); use --to hf")
+                              f"InternVL-chat layout here (it knows {', '.join(LLM_ARCHS)}); use --to hf")
     fields = chat_training_fields(spec, merged.info)
     chat_config = native_config_to_chat(native, llm_arch=llm_arch, training_fields=fields,
                                         base_config=merged.base_chat_config)
     report = write_sharded(iter_native_to_chat(merged.items(), native, llm_arch=llm_arch), out, dtype=dtype,
                            max_shard_size=max_shard_size)
     (out / "config.json").write_text(json.dumps(chat_config, indent=2) + "\n")
-    template = export_template(spec, merged.family)
+    # Its servers (vLLM's, LMDeploy's InternVL processors, InternVL's own `chat`) expand "<image>" themselves.
+    template = export_template(spec, merged.family, layout="internvl-chat")
     write_generation_config(out, merged.tokenizer, template)
     write_tokenizer(out, merged.tokenizer, family=merged.family, template=template)
     write_model_record(out, model_record(merged, dtype=dtype, layout="internvl-chat"))
-    warnings = []
+    warnings, incomplete = [], None
     for file in merged.remote_code:
         shutil.copy2(file, out / file.name)
     if not merged.remote_code:
-        warnings.append("the base was not an InternVL-chat checkpoint, so no remote code (*.py) was copied; add "
-                        "modeling_internvl_chat.py and its companions from an InternVL release to load it with "
-                        "trust_remote_code")
+        warnings.append(missing_remote_code_line(llm_arch, merged.provenance.get("base_model")))
+        incomplete = "add the InternVL remote code named in the warning above"
     if spec.data.system_prompt is not None:
         warnings.append("data.system_prompt is set, but InternVL's remote code takes the template's own system "
                         "message; pass yours with model.system_message at inference")
-    return report, warnings
-
-
-
+    return Written(report, warnings, incomplete)

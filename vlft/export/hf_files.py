@@ -13,30 +13,25 @@ import json
 from pathlib import Path
 
 from vlft.data.prompt import stop_token_ids
-from vlft.data.templates import INTERNVL_IMAGE_PLACEHOLDER, LLAVA_IMAGE_PLACEHOLDER, ChatTemplate, get_template
+from vlft.data.templates import ChatTemplate, get_template
 from vlft.data.tiling import TilingSpec
 from vlft.errors import CheckpointError, ConfigError
-from vlft.families import family_named
 from vlft.export.writers import DTYPES
+from vlft.families import family_named
+from vlft.families.internvl import opengvlab_repository
+from vlft.model.internvl_chat import PS_VERSION_KEY, remote_code_files
 from vlft.model.layouts import read_versioned_record
 from vlft.model.vlm import VisionLanguageModel, VLMInfo
 
 #: vlft's description of a merged/converted directory (template, tiling, provenance).
 MODEL_RECORD = "vlft_model.json"
 RECORD_VERSION = 1
-#: Named special tokens InternVLProcessor reads from the tokenizer (tokenizer.start_image_token, ...).
-INTERNVL_NAMED_TOKENS = {
-    "start_image_token": "<img>",
-    "end_image_token": "</img>",
-    "context_image_token": INTERNVL_IMAGE_PLACEHOLDER,
-    "video_token": "<video>",
-}
-LLAVA_NAMED_TOKENS = {"image_token": LLAVA_IMAGE_PLACEHOLDER}
 #: What an image is written as in the original InternVL-chat layout's prompts: InternVL's own `chat`,
 #: vLLM's and LMDeploy's InternVL processors replace each "<image>" with <img> + <IMG_CONTEXT>*n + </img>.
 CHAT_LAYOUT_IMAGE_PLACEHOLDER = "<image>"
 #: InternVL's own conversation templates (internvl/conversation.py) that vlft's templates equal.
-INTERNVL_CHAT_TEMPLATE_NAMES = {"internlm2-chat": "internlm2-chat", "internvl2_5": "internvl2_5"}
+INTERNVL_CHAT_TEMPLATE_NAMES = {"internlm2-chat": "internlm2-chat", "internvl2_5": "internvl2_5", "Hermes-2": "Hermes-2",
+                                "phi3-chat": "phi3-chat"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -52,9 +47,7 @@ def export_template(spec, family: str, *, layout: str = "hf") -> ChatTemplate:
     except KeyError as exc:
         raise ConfigError(f"data.template: {exc}") from None
     changes = {}
-    placeholder = INTERNVL_IMAGE_PLACEHOLDER if family == "internvl" else LLAVA_IMAGE_PLACEHOLDER
-    if layout == "internvl-chat":
-        placeholder = CHAT_LAYOUT_IMAGE_PLACEHOLDER
+    placeholder = CHAT_LAYOUT_IMAGE_PLACEHOLDER if layout == "internvl-chat" else family_named(family).image_placeholder
     if template.image_placeholder != placeholder:
         changes["image_placeholder"] = placeholder
     if spec.data.system_prompt is not None:
@@ -95,6 +88,10 @@ def official_config_of(text_config, vision_config, info: VLMInfo, *, vocab_size:
         vision_feature_select_strategy=info.select_strategy, tie_word_embeddings=False, **family.config_fields(info))
     config.architectures = [family.official_class_name]
     config.tie_word_embeddings = False
+    if info.ps_version != "v2":
+        # vlft's reading of a 'v1' InternVL-chat base: a merged directory keeps it for a later --to internvl-chat
+        # (transformers ignores the field, which is why --to hf refuses such a model).
+        setattr(config, PS_VERSION_KEY, info.ps_version)
     for part in (config, config.text_config, config.vision_config):
         part.dtype = DTYPES[dtype]
     return config
@@ -123,13 +120,12 @@ def write_tokenizer(out: Path, tokenizer, *, family: str, template: ChatTemplate
     written into tokenizer_config.json the way transformers saves them, which needs no reload of the
     tokenizer (a reload could need the base's remote code, or ask to run it).
     """
-    named = INTERNVL_NAMED_TOKENS if family == "internvl" else LLAVA_NAMED_TOKENS
+    known = family_named(family)
+    named = known.named_tokens
     vocab = tokenizer.get_vocab()
-    needed = INTERNVL_NAMED_TOKENS["context_image_token"] if family == "internvl" else LLAVA_IMAGE_PLACEHOLDER
+    needed = known.image_tokens.context_token
     if needed not in vocab:
         raise CheckpointError(f"the tokenizer has no {needed} token, which the model's image slots need")
-    if _written_layout(out) == "internvl-chat" and family == "internvl":
-        template = dataclasses.replace(template, image_placeholder=CHAT_LAYOUT_IMAGE_PLACEHOLDER)
     missing = [token for token in named.values() if token not in vocab]
     if missing:
         # InternVLProcessor reads every name (video_token too, though vlft trains no video), and a
@@ -156,16 +152,6 @@ def write_tokenizer(out: Path, tokenizer, *, family: str, template: ChatTemplate
 _LOADING_FLAGS = ("is_local", "local_files_only")
 
 
-def _written_layout(out: Path) -> str:
-    """"internvl-chat" when OUT's config.json (written first; servers pick their processor by it) is the
-    original InternVL-chat layout, else "hf"."""
-    try:
-        config = json.loads((out / "config.json").read_text())
-    except (OSError, ValueError):
-        return "hf"
-    return "internvl-chat" if config.get("model_type") == "internvl_chat" else "hf"
-
-
 # ------------------------------------------------------------------------------------------------
 # Processor files (written by hand: InternVLProcessor needs torchvision, which vlft does not require)
 
@@ -190,24 +176,9 @@ def write_processor_files(out: Path, info: VLMInfo, tiling: TilingSpec) -> list[
 # InternVL-chat remote code
 
 
-def opengvlab_repository(base_model: str | None) -> str | None:
-    """The OpenGVLab repository of the original layout that matches an -hf base's name, when it has one:
-    ``.../models--OpenGVLab--InternVL3-1B-hf/snapshots/x`` or ``OpenGVLab/InternVL3-1B-hf`` -> ``OpenGVLab/InternVL3-1B``.
-    """
-    if not base_model:
-        return None
-    parts = Path(str(base_model)).parts
-    cached = next((p for p in parts if p.startswith("models--")), None)
-    name = cached.split("--")[-1] if cached else parts[-1]
-    name = name.removesuffix("-hf")
-    return f"OpenGVLab/{name}" if name.lower().startswith("internvl") else None
-
-
 def missing_remote_code_line(llm_arch: str, base_model: str | None) -> str:
     """One line for an InternVL-chat export without the remote code: which files, and where to get them
     (config.json's auto_map already names them, so dropping them in is all that is left)."""
-    from vlft.model.internvl_chat_layout import remote_code_files
-
     files = ", ".join(remote_code_files(llm_arch))
     repository = opengvlab_repository(base_model)
     where = (f"the matching OpenGVLab repository, {repository}" if repository else
@@ -217,7 +188,8 @@ def missing_remote_code_line(llm_arch: str, base_model: str | None) -> str:
 
 
 _EXAMPLE_RELEASES = {"internlm2": "e.g. OpenGVLab/InternVL2-2B", "qwen2": "e.g. OpenGVLab/InternVL2_5-1B",
-                     "llama": "e.g. OpenGVLab/InternVL2-Llama3-76B"}
+                     "llama": "e.g. OpenGVLab/InternVL2-Llama3-76B", "qwen3": "e.g. OpenGVLab/InternVL3_5-1B",
+                     "phi3": "e.g. OpenGVLab/InternVL2-4B"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ import torch
 from vlft.errors import CheckpointError
 from vlft.export.hf_files import export_template
 from vlft.export.staging import check_output, staged_output
+from vlft.model.internvl_chat import Heads, fused_rule, iter_chat_to_native, llm_arch_of_chat_config, llm_entry
+from vlft.model.internvl_chat.keys import native_to_chat_slot
 from vlft.model.layouts import CHECKPOINT_MARKER, Layout, detect_layout
 
 LLM_ADAPTER_DIR = "llm_adapter"
@@ -150,32 +152,37 @@ def _pad_rank(module: _LoraModule, rank: int) -> tuple[torch.Tensor, torch.Tenso
 
 def _chat_modules(modules: dict[str, _LoraModule], llm_arch: str, heads: dict[str, int]
                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The LoRA modules in InternVL-chat names; InternLM2's q/k/v are fused into one wqkv LoRA."""
-    from vlft.model.internvl_chat_layout import group_wqkv, native_key_to_chat
-
+    """The LoRA modules in InternVL-chat names. Where the LLM's registry entry fuses several transformers
+    tensors into one chat tensor (InternLM2's q/k/v into ``wqkv``), their LoRAs become one LoRA of the fused
+    tensor: A stacked, B block-diagonal, its rows joined by the entry's own rule (as the weights are)."""
+    entry = llm_entry(llm_arch)
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    fused: dict[str, dict[str, _LoraModule]] = {}
+    fused: dict[str, dict[int, _LoraModule]] = {}
     for name, module in modules.items():
-        chat = native_key_to_chat(name + ".weight", llm_arch=llm_arch).removesuffix(".weight")
-        if llm_arch == "internlm2" and chat.endswith(".wqkv"):
-            fused.setdefault(chat, {})[name.rsplit(".", 1)[1][0]] = module
-        else:
+        chat, slot = native_to_chat_slot(name + ".weight", llm_arch)
+        chat = chat.removesuffix(".weight")
+        if slot is None:
             out[chat] = (module.a, module.b)
+        else:
+            fused.setdefault(chat, {})[slot] = module
     for chat, parts in fused.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"--to lora: InternLM2 fuses q, k and v into {chat}, so their LoRAs must come "
-                                  f"together, but the run trained only {''.join(sorted(parts))}_proj; set "
-                                  "model.llm.lora.target_modules to all three, or use --to hf")
-        q, k, v = parts["q"], parts["k"], parts["v"]
-        r = q.a.shape[0]
-        a = torch.cat([q.a, k.a, v.a])  # [3r, in]
+        rule = fused_rule(chat + ".weight", entry)
+        if set(parts) != set(range(len(rule.parts))):
+            trained = ", ".join(rule.parts[slot].rsplit(".", 2)[-2] for slot in sorted(parts))
+            wanted = ", ".join(part.rsplit(".", 2)[-2] for part in rule.parts)
+            raise CheckpointError(f"--to lora: {entry.architecture} fuses {wanted} into {chat}, so their LoRAs must "
+                                  f"come together, but the run trained only {trained}; set "
+                                  "model.llm.lora.target_modules to all of them, or use --to hf")
+        ordered = [parts[slot] for slot in range(len(rule.parts))]
+        r = ordered[0].a.shape[0]
+        a = torch.cat([module.a for module in ordered])  # [n*r, in]
 
         def block(module: _LoraModule, slot: int) -> torch.Tensor:
-            b = module.b.new_zeros(module.b.shape[0], 3 * r)
+            b = module.b.new_zeros(module.b.shape[0], len(ordered) * r)
             b[:, slot * r:(slot + 1) * r] = module.b
             return b
 
-        out[chat] = (a, group_wqkv(block(q, 0), block(k, 1), block(v, 2), **heads))
+        out[chat] = (a, rule.join([block(module, slot) for slot, module in enumerate(ordered)], Heads(**heads)))
     return out
 
 
@@ -218,8 +225,6 @@ def export_lora(checkpoint: str | Path, out: str | Path, *, verify: bool | None 
     check_output(out, overwrite=overwrite, sources=[checkpoint])
 
     if layout is Layout.INTERNVL_CHAT:
-        from vlft.model.internvl_chat_layout import llm_arch_of_chat_config
-
         chat_config = json.loads((base / "config.json").read_text())
         llm_arch = llm_arch_of_chat_config(chat_config)
         named = _chat_modules(modules, llm_arch, _heads(chat_config["llm_config"]))
@@ -334,7 +339,6 @@ def verify_lora_weights(adapter: Path, base: Path, merged, *, atol: float = 1e-5
 
     from vlft.export.verify import VerifyError
     from vlft.export.writers import iter_safetensors_dir
-    from vlft.model.internvl_chat_layout import iter_chat_to_native
 
     config = json.loads((adapter / ADAPTER_CONFIG).read_text())
     scale = config["lora_alpha"] / config["r"]

@@ -34,6 +34,7 @@ from vlft.export.hf_files import (MODEL_RECORD, export_template, exported_spec, 
 from vlft.export.staging import check_output, staged_output
 from vlft.export.writers import ShardReport, human_size, parse_size, torch_dtype, write_sharded
 from vlft.model.base_fingerprint import check_checkpoint_base
+from vlft.model.internvl_chat import llm_arch_of_chat_config, llm_arch_of_text_type
 from vlft.model.layouts import CHECKPOINT_MARKER, Layout, detect_layout
 from vlft.model.vlm import VisionLanguageModel
 
@@ -171,9 +172,7 @@ def streamed_merge(checkpoint: str | Path) -> StreamedMerge:
 
 def _describe_base(merged, model_spec, text_type: str) -> None:
     """Record the base's layout and LLM architecture; keep an InternVL-chat base's config and remote code."""
-    from vlft.model.internvl_chat_layout import llm_arch_of_chat_config
-
-    llm_arch = text_type if text_type in ("qwen2", "llama") else None
+    llm_arch = llm_arch_of_text_type(text_type)  # the InternVL-chat LLM entry an -hf base can be written as
     if model_spec.path is None:
         layout = "parts"
     else:

@@ -1,7 +1,7 @@
 """Merge a training checkpoint into its base tensor by tensor, so only one tensor and one LoRA layer are in memory.
 
 The base's safetensors are read one tensor at a time (an InternVL-chat base is mapped to native names on
-the way, see vlft.model.internvl_chat_layout.iter_chat_to_native); each tensor is cast to the dtype the
+the way, see vlft.model.internvl_chat.iter_chat_to_native); each tensor is cast to the dtype the
 in-memory merge loads the base in, a LoRA target gets peft's own merge of that one layer, a trained tensor
 (connector, resized embedding) replaces the base's, and the result goes to the shard writer. The output
 equals, tensor for tensor, what `merge_training_checkpoint` + `write_native` write (tests/export).
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from vlft.errors import CheckpointError
+from vlft.model.internvl_chat import chat_config_to_native, iter_chat_to_native
 from vlft.model.layouts import Layout, detect_layout, safetensors_files
 from vlft.model.trained_state import ADAPTERS, TRAINED_FILE
 
@@ -66,10 +67,9 @@ def base_configs(base: Path, info) -> tuple[object, object]:
     from transformers import AutoConfig, InternVLConfig
 
     if detect_layout(base) is Layout.INTERNVL_CHAT:
-        from vlft.model.internvl_chat_layout import chat_config_to_native
-
         chat_config = json.loads((base / "config.json").read_text())
-        config = InternVLConfig(**chat_config_to_native(chat_config, image_token_id=info.image_token_id))
+        config = InternVLConfig(**chat_config_to_native(chat_config, image_token_id=info.image_token_id,
+                                                        allow_ps_v1=True))
     else:
         config = AutoConfig.from_pretrained(str(base))
     return config.text_config, config.vision_config
@@ -105,8 +105,6 @@ def base_items(base: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """
     files = safetensors_files(base)
     if detect_layout(base) is Layout.INTERNVL_CHAT:
-        from vlft.model.internvl_chat_layout import iter_chat_to_native
-
         chat_config = json.loads((base / "config.json").read_text())
         yield from iter_chat_to_native(_iter_files(files), chat_config)
         return

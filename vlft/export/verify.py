@@ -16,6 +16,8 @@ import torch
 
 from vlft.errors import VlftError
 from vlft.families import family_named, family_of_processor
+from vlft.model.internvl_chat import chat_config_to_native, chat_training_fields, iter_chat_to_native
+from vlft.model.layouts import Layout, detect_layout
 
 #: The question the verification prompt asks about its synthetic image.
 VERIFY_QUESTION = "What is shown in this image?"
@@ -278,11 +280,9 @@ def native_view(path: Path) -> dict:
 
     from transformers import AutoConfig
 
-    from vlft.model.internvl_chat_layout import chat_config_to_native
-    from vlft.model.layouts import Layout, detect_layout
-
     if detect_layout(path) is Layout.INTERNVL_CHAT:
-        native = chat_config_to_native(json.loads((path / "config.json").read_text()), image_token_id=-1)
+        native = chat_config_to_native(json.loads((path / "config.json").read_text()), image_token_id=-1,
+                                       allow_ps_v1=True)
         native.pop("image_token_id", None)
         return AutoConfig.for_model(**native).to_dict() | {"image_token_id": None}
     return AutoConfig.from_pretrained(str(path)).to_dict()
@@ -294,8 +294,8 @@ def check_computation_fields(out: Path, base: str | Path | None, family: str, *,
     image_seq_length, downsample ratio, image-token id) is in the export as in the base, or as the run
     overrode it; VerifyError naming the first field that differs. Returns the fields compared (none for a
     base composed from parts, or one no longer on disk)."""
-    if base is None or not (Path(base) / "config.json").is_file():
-        return []
+    if not isinstance(base, (str, Path)) or not (Path(base) / "config.json").is_file():
+        return []  # composed from parts (the checkpoint records {"vision": ..., "llm": ...}), or gone
     written, original = native_view(Path(out)), native_view(Path(base))
     expected = {**{name: original.get(name) for name in family_named(family).computation_fields},
                 **(overrides or {})}
@@ -328,7 +328,6 @@ def verify_internvl_chat_export(out: str | Path, expected: dict[str, torch.Tenso
     import json
 
     from vlft.export.writers import iter_safetensors_dir
-    from vlft.model.internvl_chat_layout import chat_training_fields, iter_chat_to_native
 
     out = Path(out)
     config = json.loads((out / "config.json").read_text())

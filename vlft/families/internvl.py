@@ -1,6 +1,8 @@
 """InternVL (2 / 2.5 / 3, transformers' "-hf" layout; the original InternVL-chat layout reads into it)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from vlft.data.tiling import IMAGENET_MEAN, IMAGENET_STD
 from vlft.families.family import Family, ImageTokens
 
@@ -14,6 +16,22 @@ NAMED_TOKENS = {
     "video_token": VIDEO_TOKEN,
 }
 DEFAULT_TILING = {"mode": "dynamic", "min_tiles": 1, "max_tiles": 12, "use_thumbnail": True}
+
+
+def opengvlab_repository(base_model: str | None) -> str | None:
+    """The OpenGVLab repository of the original layout that matches an -hf base's name, when it has one:
+    ``.../models--OpenGVLab--InternVL3-1B-hf/snapshots/x`` or ``OpenGVLab/InternVL3-1B-hf`` -> ``OpenGVLab/InternVL3-1B``
+    (where a user gets the remote code an InternVL-chat export of that base needs).
+    """
+    if not base_model:
+        return None
+    parts = Path(str(base_model)).parts
+    cached = next((p for p in parts if p.startswith("models--")), None)
+    name = (cached.split("--")[-1] if cached else parts[-1]).removesuffix("-hf")
+    return f"OpenGVLab/{name}" if name.lower().startswith(_RELEASE_PREFIX) else None
+
+
+_RELEASE_PREFIX = "internvl"  # OpenGVLab's InternVL releases: InternVL2-2B, InternVL3_5-1B, ...
 
 
 def _default_template(text_type: str, tokenizer) -> str:
@@ -70,7 +88,7 @@ INTERNVL = Family(
     hf_layout="transformers-native InternVL",
     image_token_field="image_token_id",
     computation_fields=("vision_feature_layer", "vision_feature_select_strategy", "image_seq_length",
-                        "downsample_ratio", "image_token_id"),
+                        "downsample_ratio", "image_token_id", "ps_version"),
     image_tokens=IMAGE_TOKENS,
     named_tokens=NAMED_TOKENS,
     new_tokens=(IMAGE_TOKENS.start_token, IMAGE_TOKENS.end_token, IMAGE_TOKENS.context_token, VIDEO_TOKEN),
@@ -82,7 +100,7 @@ INTERNVL = Family(
     default_downsample_ratio=0.5,
     tiling_modes=("dynamic", "resize"),
     default_tiling=DEFAULT_TILING,
-    export_targets=("hf", "internvl-chat"),
+    export_targets=("hf", "internvl-chat", "lora"),
     default_template=_default_template,
     tiling_from_preprocessor=_tiling_from_preprocessor,
     config_fields=_config_fields,

@@ -9,8 +9,11 @@ from vlft.errors import ConfigError
 from vlft.model.vlm import VisionLanguageModel
 from vlft.specs import LoraSpec, ModelSpec
 
-#: Linear layers LoRA wraps by default, per architecture family of the wrapped part.
-DEFAULT_LLM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+#: The LLM's projections LoRA wraps by default, in transformers' module names: those the LLM has, so one list
+#: covers separate q/k/v and gate/up (Qwen2/3, Llama, InternLM2 loaded as Llama) and Phi-3's fused
+#: ``qkv_proj`` / ``gate_up_proj`` (which transformers keeps fused, as the InternVL-chat layout does).
+LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj",
+                   "down_proj")
 DEFAULT_VISION_TARGETS = {
     "internvl_vision": ["q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2"],
     "clip_vision_model": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
@@ -29,7 +32,7 @@ def apply_training_policy(model: VisionLanguageModel, spec: ModelSpec) -> Vision
             from peft import prepare_model_for_kbit_training
 
             llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=spec.gradient_checkpointing)
-        model.language_model = wrap_with_lora(llm, spec.llm.lora, DEFAULT_LLM_TARGETS, "model.llm.lora",
+        model.language_model = wrap_with_lora(llm, spec.llm.lora, default_llm_targets(llm), "model.llm.lora",
                                               task_type="CAUSAL_LM")
     elif spec.llm.train == "full":
         model.language_model.requires_grad_(True)
@@ -47,6 +50,12 @@ def apply_training_policy(model: VisionLanguageModel, spec: ModelSpec) -> Vision
     return model
 
 
+def default_llm_targets(llm: nn.Module) -> list[str]:
+    """The LLM_PROJECTIONS this LLM has (peft matches them as the last name component)."""
+    available = linear_layer_names(llm)
+    return [name for name in LLM_PROJECTIONS if name in available]
+
+
 def lora_config(lora: LoraSpec, default_targets: list[str], task_type: str | None = None):
     from peft import LoraConfig
 
@@ -60,8 +69,11 @@ def wrap_with_lora(module: nn.Module, lora: LoraSpec, default_targets: list[str]
     """peft's LoRA on one part only, so targets can never catch another part's layers."""
     from peft import get_peft_model
 
-    config = lora_config(lora, default_targets, task_type)
     available = linear_layer_names(module)
+    if not (lora.target_modules or default_targets):
+        raise ConfigError(f"{key}.target_modules: this part has none of vlft's default LoRA targets; name the "
+                          f"layers to train, from: {', '.join(sorted(available))}")
+    config = lora_config(lora, default_targets, task_type)
     unmatched = [t for t in config.target_modules if t not in available]
     if unmatched:
         raise ConfigError(f"{key}.target_modules: {sorted(unmatched)} match no linear layer of this part; "

@@ -12,7 +12,9 @@ from pathlib import Path
 from vlft.errors import CheckpointError
 from vlft.model.layouts import Layout, detect_layout
 from vlft.families import INTERNVL, family_named
+from vlft.model.internvl_chat import PS_VERSION_KEY, chat_config_to_native
 from vlft.model.load import load_tokenizer, missing_image_tokens, official_info, parts_info
+from vlft.model.vision_dirs import vision_config
 from vlft.model.vlm import VLMInfo
 from vlft.specs import ModelSpec
 
@@ -31,7 +33,7 @@ def model_facts(spec: ModelSpec) -> tuple[VLMInfo, object]:
         info, tokenizer = _parts_facts(spec)
     else:
         layout = detect_layout(spec.path)
-        if layout in (Layout.HF_INTERNVL, Layout.HF_LLAVA):
+        if layout in (Layout.HF_INTERNVL, Layout.HF_LLAVA, Layout.HF_LLAVA_NEXT, Layout.HF_LLAVA_ONEVISION):
             info, tokenizer = _official_facts(spec.path, layout)
         elif layout is Layout.INTERNVL_CHAT:
             info, tokenizer = _internvl_chat_facts(spec.path)
@@ -53,13 +55,11 @@ def _official_facts(path, layout: Layout) -> tuple[VLMInfo, object]:
 
 def _internvl_chat_facts(path) -> tuple[VLMInfo, object]:
     """Original InternVL-chat: `force_image_size` (else the vision image size), patch size, downsample ratio."""
-    from vlft.model.internvl_chat_layout import chat_config_to_native
-
     tokenizer = load_tokenizer(path)
     chat_config = json.loads((Path(path) / "config.json").read_text())
     image_token_id = tokenizer.convert_tokens_to_ids(INTERNVL.image_tokens.context_token)
     # The same translation build_vlm loads through, so an unsupported config fails here the same way.
-    native = chat_config_to_native(chat_config, image_token_id=image_token_id)
+    native = chat_config_to_native(chat_config, image_token_id=image_token_id, allow_ps_v1=True)
     vision = native["vision_config"]
     info = VLMInfo(family=INTERNVL.name, image_token_id=int(image_token_id),
                    select_layer=int(native["vision_feature_layer"]),
@@ -67,14 +67,13 @@ def _internvl_chat_facts(path) -> tuple[VLMInfo, object]:
                    # InternVLChatModel sizes its input by force_image_size when it is set.
                    tile_size=int(chat_config.get("force_image_size") or _first(vision["image_size"])),
                    patch_size=_first(vision["patch_size"]),
-                   select_strategy=native.get("vision_feature_select_strategy", "default"))
+                   select_strategy=native.get("vision_feature_select_strategy", "default"),
+                   ps_version=native.get(PS_VERSION_KEY, "v2"))
     return info, tokenizer
 
 
 def _parts_facts(spec: ModelSpec) -> tuple[VLMInfo, object]:
     """Stage 1 from parts: the vision directory's config and the LLM directory's tokenizer (+ image tokens)."""
-    from transformers import AutoConfig
-
     for key, path, expected in (("model.vision.path", spec.vision.path, Layout.VISION),
                                 ("model.llm.path", spec.llm.path, Layout.LLM)):
         layout = detect_layout(path)
@@ -85,7 +84,7 @@ def _parts_facts(spec: ModelSpec) -> tuple[VLMInfo, object]:
     missing = missing_image_tokens(tokenizer, family)
     if missing:  # in memory only: check-data writes nothing
         tokenizer.add_special_tokens({"additional_special_tokens": missing})
-    vision = AutoConfig.from_pretrained(spec.vision.path)
+    vision = vision_config(spec.vision.path)
     return parts_info(spec, family, vision, tokenizer), tokenizer
 
 

@@ -12,13 +12,16 @@ from vlft.families import family_of_config
 class Layout(enum.Enum):
     HF_INTERNVL = "transformers-native InternVL"
     HF_LLAVA = "transformers-native LLaVA"
+    HF_LLAVA_NEXT = "transformers-native LLaVA-NeXT"
+    HF_LLAVA_ONEVISION = "transformers-native LLaVA-OneVision"
     INTERNVL_CHAT = "original InternVL-chat"
     VISION = "vision encoder"
     LLM = "language model"
     CHECKPOINT = "vlft training checkpoint"
 
 
-VISION_TYPES = {"internvl_vision", "clip_vision_model", "siglip_vision_model"}
+#: ("intern_vit_6b": OpenGVLab's InternViT release, read by vlft.model.vision_dirs without its remote code.)
+VISION_TYPES = {"internvl_vision", "clip_vision_model", "siglip_vision_model", "intern_vit_6b"}
 LLM_TYPES = {"qwen2", "qwen3", "llama", "mistral", "internlm2"}
 #: Families users bring that vlft does not train, by model_type (a clear line instead of "unknown layout").
 OUT_OF_SCOPE_TYPES = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}
@@ -56,10 +59,6 @@ def detect_layout(path: str | Path) -> Layout:
         return Layout.VISION
     if model_type in LLM_TYPES:
         return Layout.LLM
-    if model_type == "llava_next":
-        raise CheckpointError(
-            f"{path}: a LLaVA-NeXT model (model_type 'llava_next'), which vlft does not train yet: its unpadded "
-            "AnyRes features with newline tokens are not implemented; LLaVA-1.5 (model_type 'llava') is supported")
     if model_type in OUT_OF_SCOPE_TYPES:
         raise CheckpointError(
             f"{path}: a {OUT_OF_SCOPE_TYPES[model_type]} model (model_type {model_type!r}), which is out of vlft's "

@@ -9,8 +9,11 @@ from torch import nn
 
 from vlft.errors import CheckpointError
 from vlft.families import INTERNVL, Family, family_named, family_of_layout
-from vlft.model.connector import Connector
+from vlft.model.connector import PS_VERSIONS, Connector
+from vlft.model.internvl_chat import PS_VERSION_KEY, internvl_chat_to_native
 from vlft.model.layouts import Layout, detect_layout, read_safetensors_dir, safetensors_files
+from vlft.model.anyres import anyres_fields, with_image_newline
+from vlft.model.vision_dirs import load_vision_encoder, vision_config
 from vlft.model.vlm import VisionLanguageModel, VLMInfo
 from vlft.specs import ModelSpec, QuantSpec
 
@@ -73,7 +76,7 @@ def build_vlm(spec: ModelSpec, *, quantize: bool = True, tokenizer_dir: str | Pa
                   quantization_config=quant)
     if spec.path is not None:
         layout = detect_layout(spec.path)
-        if layout in (Layout.HF_INTERNVL, Layout.HF_LLAVA):
+        if layout in (Layout.HF_INTERNVL, Layout.HF_LLAVA, Layout.HF_LLAVA_NEXT, Layout.HF_LLAVA_ONEVISION):
             safetensors_files(spec.path)  # one line for pickle-only, missing or truncated weights
             return _from_official_dir(spec.path, layout, spec, kwargs)
         if layout is Layout.INTERNVL_CHAT:
@@ -90,13 +93,12 @@ def _from_official_dir(path, layout: Layout, spec: ModelSpec, kwargs):
 
 def _from_internvl_chat_dir(path, spec: ModelSpec, kwargs):
     """Map the original layout's weights into the official class without running its remote code."""
-    from vlft.model.internvl_chat_layout import internvl_chat_to_native
-
     tokenizer = load_tokenizer(path)
     chat_config = json.loads((Path(path) / "config.json").read_text())
     image_token_id = tokenizer.convert_tokens_to_ids(INTERNVL.image_tokens.context_token)
+    # A 'v1' pixel shuffle (InternVL-Chat-V1-5) rides along as the config's ps_version; vlft's connector reads it.
     native, hf_config = internvl_chat_to_native(read_safetensors_dir(path), chat_config,
-                                                image_token_id=image_token_id)
+                                                image_token_id=image_token_id, allow_ps_v1=True)
     official = INTERNVL.official_class().from_pretrained(
         None, config=INTERNVL.config_class()(**hf_config), state_dict=native, **kwargs)
     return _decompose(official, spec), tokenizer
@@ -119,10 +121,13 @@ def _decompose(official, spec: ModelSpec) -> VisionLanguageModel:
     info = official_info(config)
     projector = _connector_like(config.vision_config.hidden_size, config.text_config.hidden_size,
                                 info.downsample_ratio,
-                                dtype=official.lm_head.weight.dtype if not _is_quantized(official.lm_head) else None)
+                                dtype=official.lm_head.weight.dtype if not _is_quantized(official.lm_head) else None,
+                                ps_version=info.ps_version)
     missing, unexpected = projector.load_state_dict(inner.multi_modal_projector.state_dict(), strict=False)
     if unexpected or [k for k in missing if not k.startswith("act")]:
         raise CheckpointError(f"connector weights do not fit: missing {missing}, unexpected {unexpected}")
+    if hasattr(inner, "image_newline"):  # LLaVA-NeXT / OneVision: the newline joins the connector
+        projector = with_image_newline(projector, inner.image_newline)
     if spec.vision.select_layer is not None:
         info = VLMInfo(**{**info.__dict__, "select_layer": spec.vision.select_layer})
     model = VisionLanguageModel(inner.vision_tower, projector, language_model, info)
@@ -132,7 +137,7 @@ def _decompose(official, spec: ModelSpec) -> VisionLanguageModel:
 
 def _from_parts(spec: ModelSpec, kwargs, tokenizer_dir=None):
     """Stage-1 recipe: a vision encoder directory + an LLM directory + a fresh connector."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     for key, path in (("model.vision.path", spec.vision.path), ("model.llm.path", spec.llm.path)):
         layout = detect_layout(path)
@@ -141,7 +146,7 @@ def _from_parts(spec: ModelSpec, kwargs, tokenizer_dir=None):
             raise CheckpointError(f"{key}={path}: expected a {expected.value} directory, found {layout.value}")
         safetensors_files(path)  # one line for pickle-only, missing or truncated weights
     dtype = kwargs["dtype"]
-    vision = AutoModel.from_pretrained(spec.vision.path, dtype=dtype, attn_implementation=kwargs["attn_implementation"])
+    vision = load_vision_encoder(spec.vision.path, dtype=dtype, attn_implementation=kwargs["attn_implementation"])
     llm = AutoModelForCausalLM.from_pretrained(spec.llm.path, **kwargs)
     tokenizer = load_tokenizer(tokenizer_dir or spec.llm.path)
     family = family_named(spec.family)
@@ -151,7 +156,7 @@ def _from_parts(spec: ModelSpec, kwargs, tokenizer_dir=None):
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
         # New rows are random; a checkpoint saves them (see trained_state.resized_embedding_names).
         llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    vcfg = AutoConfig.from_pretrained(spec.vision.path)
+    vcfg = vision_config(spec.vision.path)
     projector = _connector_like(vcfg.hidden_size, llm.config.hidden_size, spec.connector.downsample_ratio,
                                 dtype=dtype)
     info = parts_info(spec, family, vcfg, tokenizer)
@@ -166,8 +171,8 @@ def _base_vocab(llm_path) -> int:
     return AutoConfig.from_pretrained(llm_path).vocab_size
 
 
-def _connector_like(vision_hidden, text_hidden, ratio, dtype) -> Connector:
-    connector = Connector(vision_hidden, text_hidden, ratio)
+def _connector_like(vision_hidden, text_hidden, ratio, dtype, ps_version: str = "v2") -> Connector:
+    connector = Connector(vision_hidden, text_hidden, ratio, ps_version=ps_version)
     return connector.to(dtype) if dtype is not None else connector
 
 
@@ -195,7 +200,8 @@ def official_info(config, *, where: str = "") -> VLMInfo:
     info = VLMInfo(family=family.name, image_token_id=int(getattr(config, family.image_token_field)),
                    select_layer=int(_feature_layer(config, prefix)), downsample_ratio=ratio,
                    tile_size=_first(vision.image_size), patch_size=_first(vision.patch_size),
-                   select_strategy=strategy, prefix_tokens=vision_prefix_tokens(vision))
+                   select_strategy=strategy, prefix_tokens=vision_prefix_tokens(vision),
+                   ps_version=_ps_version(config, family, prefix), **anyres_fields(config))
     side = info.tile_size // info.patch_size
     if ratio != 1.0 and side * side + info.prefix_tokens - (strategy == "default") != side * side:
         raise CheckpointError(f"{prefix}vision_feature_select_strategy={strategy!r} with a {vision.model_type} "
@@ -213,6 +219,15 @@ def parts_info(spec: ModelSpec, family: Family, vision_config, tokenizer) -> VLM
                    downsample_ratio=float(spec.connector.downsample_ratio),
                    tile_size=_first(vision_config.image_size), patch_size=_first(vision_config.patch_size),
                    select_strategy="default" if prefix else "full", prefix_tokens=prefix)
+
+
+def _ps_version(config, family: Family, prefix: str = "") -> str:
+    """The pixel-shuffle order: 'v2' (transformers') unless the config carries InternVL-Chat-V1-5's 'v1'
+    (vlft.model.internvl_chat maps such a checkpoint with ``ps_version`` kept)."""
+    version = getattr(config, PS_VERSION_KEY, "v2") if family.pixel_shuffle else "v2"
+    if version not in PS_VERSIONS:
+        raise CheckpointError(f"{prefix}ps_version={version!r} is not one of {', '.join(PS_VERSIONS)}")
+    return version
 
 
 def _feature_layer(config, prefix: str = "") -> int:

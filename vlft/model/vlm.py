@@ -9,6 +9,7 @@ from torch import nn
 
 from vlft.errors import DataError
 from vlft.families import family_named
+from vlft.model.anyres import AnyResGrid
 from vlft.model.connector import Connector
 
 
@@ -31,6 +32,20 @@ class VLMInfo:
     #: CLIP/InternViT; a patch for a CLS-less SigLIP, exactly as the official classes do), "full" keeps all.
     select_strategy: str = "default"
     prefix_tokens: int = 1    # tokens the tower puts before its patches (CLS: 1; SigLIP: 0)
+    #: InternVL's pixel-shuffle order: "v2" (transformers'), or "v1" (InternVL-Chat-V1-5, original layout only).
+    ps_version: str = "v2"
+    #: AnyRes families (LLaVA-NeXT / OneVision): the config's image_grid_pinpoints, (height, width) each; ()
+    #: for one fixed-size image per placeholder. Their image tokens depend on the image size (vlft.model.anyres).
+    grid_pinpoints: tuple = ()
+    #: OneVision's "anyres_max_N" feature budget in tiles (None: LLaVA-NeXT, no budget).
+    anyres_max_tiles: int | None = None
+
+    @property
+    def anyres(self) -> AnyResGrid | None:
+        if not self.grid_pinpoints:
+            return None
+        return AnyResGrid(tuple(tuple(p) for p in self.grid_pinpoints), self.tile_size, self.patch_size,
+                          self.anyres_max_tiles)
 
     @property
     def tokens_per_tile(self) -> int:
@@ -70,8 +85,12 @@ class VisionLanguageModel(nn.Module):
             features = features[:, 1:, :]  # [tiles, tokens, Dv]: the CLS token (the first token) dropped
         return self.multi_modal_projector(features)
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings with the image-token slots replaced by image features, in order."""
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+              image_sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the image-token slots replaced by image features, in order.
+
+        image_sizes: [images, 2] (height, width) of each original image; AnyRes models need it (the grid and
+        its unpadding follow the image size, as in transformers' LLaVA-NeXT)."""
         embeds = self.language_model.get_input_embeddings()(input_ids)  # [B, T, D]
         slots = input_ids == self.info.image_token_id
         n_slots = int(slots.sum())
@@ -79,7 +98,13 @@ class VisionLanguageModel(nn.Module):
             if n_slots:
                 raise ModelInputError(f"{n_slots} image tokens in the input but no pixel values")
             return embeds
-        features = self.encode_images(pixel_values).reshape(-1, embeds.shape[-1])
+        features = self.encode_images(pixel_values)
+        if self.info.anyres is not None:
+            if image_sizes is None:
+                raise ModelInputError("an AnyRes model needs image_sizes (height, width of each image) with its "
+                                      "pixel values")
+            features = self.info.anyres.pack(features, image_sizes.tolist(), self.multi_modal_projector.image_newline)
+        features = features.reshape(-1, embeds.shape[-1])
         if features.shape[0] != n_slots:
             raise ModelInputError(
                 f"image features ({features.shape[0]} tokens from {pixel_values.shape[0]} tiles of "
@@ -89,18 +114,19 @@ class VisionLanguageModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs):
+                labels: torch.Tensor | None = None, image_sizes: torch.Tensor | None = None, **kwargs):
         with _one_line_errors():
-            inputs_embeds = self.embed(input_ids, pixel_values)
+            inputs_embeds = self.embed(input_ids, pixel_values, image_sizes)
             return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                        position_ids=position_ids, labels=labels, **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, **generate_kwargs) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None = None, image_sizes: torch.Tensor | None = None,
+                 **generate_kwargs) -> torch.Tensor:
         """Returns only the new tokens, [B, new]."""
         with _one_line_errors():
-            inputs_embeds = self.embed(input_ids, pixel_values)
+            inputs_embeds = self.embed(input_ids, pixel_values, image_sizes)
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
             return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,

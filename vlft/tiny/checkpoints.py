@@ -57,6 +57,14 @@ def _text(sizes: TinySizes, arch: str, vocab: int) -> dict:
                 tie_word_embeddings=False)
 
 
+def _special_ids(text_type: str, tokenizer) -> dict:
+    """Phi3Config's default special ids (32000) point past a tiny vocabulary: the tokenizer's instead; the
+    other LLMs keep their config defaults."""
+    if text_type != "phi3":
+        return {}
+    return dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+
+
 def _seeded(seed: int):
     torch.manual_seed(seed)
 
@@ -68,8 +76,7 @@ def make_tiny_internvl_hf(out_dir: str | Path, *, llm: str = "qwen2", sizes: Tin
 
     out_dir = Path(out_dir)
     tokenizer = build_tiny_tokenizer(out_dir, family=INTERNVL.name, chat_style="chatml", vocab_size=sizes.vocab_size)
-    text = _text(sizes, llm, len(tokenizer))
-    text_config = AutoConfig.for_model(**text)
+    text_config = AutoConfig.for_model(**_text(sizes, llm, len(tokenizer)), **_special_ids(llm, tokenizer))
     config = InternVLConfig(vision_config=_vision_internvl(sizes), text_config=text_config.to_dict(),
                             image_token_id=tokenizer.context_image_token_id, downsample_ratio=0.5,
                             image_seq_length=(sizes.tile_size // 14 // 2) ** 2, vision_feature_layer=-1,
@@ -105,25 +112,144 @@ def make_tiny_llava_hf(out_dir: str | Path, *, sizes: TinySizes = TinySizes(), s
     return out_dir
 
 
+#: make_tiny_llava_next_hf's canvases (height, width): whole multiples of the 56 px tiny tile.
+TINY_PINPOINTS = ((56, 112), (112, 56), (112, 112), (56, 168))
+
+
+def make_tiny_llava_next_hf(out_dir: str | Path, *, sizes: TinySizes = TinySizes(), seed: int = 0,
+                            vision: str = "clip", select_strategy: str = "default", feature_layer: int = -2,
+                            pinpoints: tuple[tuple[int, int], ...] = TINY_PINPOINTS) -> Path:
+    """transformers-native LLaVA-NeXT (`LlavaNextForConditionalGeneration`): CLIP (or SigLIP) + Llama, AnyRes
+    pinpoints in tiles of the tiny tower, a random `image_newline`, a vicuna-style tokenizer."""
+    from transformers import AutoConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tiny_tokenizer(out_dir, family=LLAVA.name, chat_style="llama", vocab_size=sizes.vocab_size)
+    text_config = AutoConfig.for_model(**_text(sizes, "llama", len(tokenizer)))
+    tower, prefix = _LLAVA_TOWERS[vision]
+    tokens = (sizes.tile_size // 14) ** 2 + prefix - (select_strategy == "default")
+    config = LlavaNextConfig(vision_config=AutoConfig.for_model(**tower(sizes)).to_dict(),
+                             text_config=text_config.to_dict(),
+                             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                             vision_feature_layer=feature_layer, vision_feature_select_strategy=select_strategy,
+                             image_grid_pinpoints=[list(p) for p in pinpoints], image_seq_length=tokens,
+                             tie_word_embeddings=False)
+    _seeded(seed)
+    model = LlavaNextForConditionalGeneration(config)
+    _perturb_norms(model)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def make_tiny_llava_onevision_hf(out_dir: str | Path, *, sizes: TinySizes = TinySizes(), seed: int = 0,
+                                 pinpoints: tuple[tuple[int, int], ...] = TINY_PINPOINTS + ((112, 168), (168, 168)),
+                                 max_tiles_of_features: int = 2) -> Path:
+    """transformers-native LLaVA-OneVision (`LlavaOnevisionForConditionalGeneration`): SigLIP + Qwen2, "full"
+    features of the last hidden layer, a chatml tokenizer. ``max_tiles_of_features`` is its
+    vision_aspect_ratio "anyres_max_N" (releases: 9; the tiny default 2 makes the shrinking step run on
+    the tiny grids)."""
+    from transformers import AutoConfig, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tiny_tokenizer(out_dir, family=LLAVA.name, chat_style="chatml", vocab_size=sizes.vocab_size)
+    text_config = AutoConfig.for_model(**_text(sizes, "qwen2", len(tokenizer)))
+    config = LlavaOnevisionConfig(vision_config=AutoConfig.for_model(**_vision_siglip(sizes)).to_dict(),
+                                  text_config=text_config.to_dict(),
+                                  image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                                  vision_feature_layer=-1, vision_feature_select_strategy="full",
+                                  image_grid_pinpoints=[list(p) for p in pinpoints],
+                                  vision_aspect_ratio=f"anyres_max_{max_tiles_of_features}",
+                                  tie_word_embeddings=False)
+    _seeded(seed)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    _perturb_norms(model)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
 def make_tiny_parts(out_dir: str | Path, *, family: str = INTERNVL.name, sizes: TinySizes = TinySizes(),
-                    seed: int = 0) -> tuple[Path, Path]:
+                    seed: int = 0, vision: str | None = None) -> tuple[Path, Path]:
     """A vision-encoder directory and an LLM directory (the stage-1 "compose from parts" recipe).
 
-    The LLM's tokenizer lacks the image tokens, as a real base LLM does; vlft adds them.
+    The LLM's tokenizer lacks the image tokens, as a real base LLM does; vlft adds them. ``vision``: the
+    family's usual tower when None, else "clip", "siglip" (transformers' classes) or "internvit" (an
+    OpenGVLab InternViT release directory, `make_tiny_internvit_release`).
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     out_dir = Path(out_dir)
     vision_dir, llm_dir = out_dir / "vision", out_dir / "llm"
-    vision, arch, chat_style = _TINY_PARTS[family]
+    tower, arch, chat_style = _TINY_PARTS[family]
     tokenizer = build_tiny_tokenizer(llm_dir, family="text", chat_style=chat_style, vocab_size=sizes.vocab_size)
     _seeded(seed)
-    vision_config = AutoConfig.for_model(**vision(sizes))
-    AutoModel.from_config(vision_config).save_pretrained(vision_dir)
+    if vision == "internvit":
+        make_tiny_internvit_release(vision_dir, sizes=sizes, seed=seed)
+    else:
+        tower = _LLAVA_TOWERS[vision][0] if vision is not None else tower
+        AutoModel.from_config(AutoConfig.for_model(**tower(sizes))).save_pretrained(vision_dir)
     llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**_text(sizes, arch, len(tokenizer))))
     _perturb_norms(llm)
     llm.save_pretrained(llm_dir)
     return vision_dir, llm_dir
+
+
+def make_tiny_internvit_release(out_dir: str | Path, *, sizes: TinySizes = TinySizes(), seed: int = 0,
+                                style: str = "300m") -> Path:
+    """OpenGVLab's InternViT release layout (``InternVisionModel``, ``model_type: intern_vit_6b``, original key
+    names ``embeddings.*``, ``encoder.layers.N.attn.qkv``, ``ls1``, ``norm1`` ...), from a seeded
+    transformers ``InternVLVisionModel`` (returned weights: ``make_tiny_internvit_release_twin``).
+
+    style "300m": LayerNorm and a qkv bias (InternViT-300M-448px); "6b": RMSNorm, qk-norm, no qkv bias.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from vlft.model.internvl_chat import chat_vision_from_native, fuse_vision_qkv
+    from vlft.model.internvl_chat.keys import native_to_chat_slot
+
+    model = make_tiny_internvit_release_twin(sizes=sizes, seed=seed, style=style)
+    fused: dict[str, dict[int, torch.Tensor]] = {}
+    weights = {}
+    for name, tensor in model.state_dict().items():
+        chat, slot = native_to_chat_slot("vision_tower." + name, "qwen2")  # the LLM plays no part in vision keys
+        key = chat.removeprefix("vision_model.")
+        if slot is None:
+            weights[key] = tensor.contiguous()
+        else:
+            fused.setdefault(key, {})[slot] = tensor
+    for key, parts in fused.items():
+        weights[key] = fuse_vision_qkv(parts[0], parts[1], parts[2]).contiguous()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = {**chat_vision_from_native(model.config.to_dict()), "torch_dtype": "float32", "use_flash_attn": False,
+              "auto_map": {"AutoConfig": "configuration_intern_vit.InternVisionConfig",
+                           "AutoModel": "modeling_intern_vit.InternVisionModel"}}
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for name in ("configuration_intern_vit.py", "modeling_intern_vit.py"):
+        (out / name).write_text(f"# Placeholder for {name}: a vlft test checkpoint ships no InternViT remote code.\n")
+    return out
+
+
+def make_tiny_internvit_release_twin(*, sizes: TinySizes = TinySizes(), seed: int = 0, style: str = "300m"):
+    """The transformers ``InternVLVisionModel`` whose weights `make_tiny_internvit_release` writes (the oracle)."""
+    from transformers import InternVLVisionConfig, InternVLVisionModel
+
+    if style not in ("300m", "6b"):
+        raise ValueError(f"style must be '300m' or '6b', got {style!r}")
+    config = _vision_internvl(sizes)
+    config.pop("model_type")
+    if style == "6b":
+        config.update(norm_type="rms_norm", use_qk_norm=True, attention_bias=False)
+    _seeded(seed)
+    model = InternVLVisionModel(InternVLVisionConfig(**config)).eval()
+    _perturb_norms(model)
+    with torch.no_grad():  # layer scales start at 0.1 everywhere: jitter them so a swapped ls1/ls2 shows
+        for name, param in model.named_parameters():
+            if "lambda_" in name:
+                param.add_(torch.randn_like(param) * 0.05)
+    return model
 
 
 #: family -> (tiny vision config, LLM architecture, tokenizer chat style) of its stage-1 parts.
@@ -197,14 +323,11 @@ def make_tiny_internvl_chat_twin(out_dir: str | Path, *, llm: str = "internlm2",
 
     out_dir = Path(out_dir)
     text_type = llm_entry(TINY_CHAT_LLMS[llm][0]).model_type
-    tokenizer = build_tiny_tokenizer(out_dir, family="internvl", chat_style="chatml", vocab_size=sizes.vocab_size)
+    tokenizer = build_tiny_tokenizer(out_dir, family=INTERNVL.name, chat_style="chatml", vocab_size=sizes.vocab_size)
     if llm == "phi3":
         tokenizer.add_special_tokens({"additional_special_tokens": list(_PHI3_SPECIALS)})
         tokenizer.save_pretrained(out_dir)
-    # Phi3Config's default special ids (32000) point past a tiny vocabulary; the others keep their defaults.
-    ids = (dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
-           if text_type == "phi3" else {})
-    text_config = AutoConfig.for_model(**_text(sizes, text_type, len(tokenizer)), **ids)
+    text_config = AutoConfig.for_model(**_text(sizes, text_type, len(tokenizer)), **_special_ids(text_type, tokenizer))
     config = InternVLConfig(vision_config=_vision_internvl(sizes), text_config=text_config.to_dict(),
                             image_token_id=tokenizer.context_image_token_id, downsample_ratio=0.5,
                             image_seq_length=(sizes.tile_size // 14 // 2) ** 2, vision_feature_layer=-1,

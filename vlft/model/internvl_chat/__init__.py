@@ -14,10 +14,10 @@ remote-code model or reading anything from disk (the fixtures only write):
 from __future__ import annotations
 
 from .config_map import (PS_VERSION_KEY, TRAINING_FIELDS, chat_config_to_native, chat_training_fields,
-                         native_config_to_chat)
+                         chat_vision_from_native, native_config_to_chat, native_vision_from_chat)
 from .errors import LayoutError
 from .fixtures import remote_code_files, write_tiny_internvl_chat_checkpoint
-from .keys import chat_key_to_native, fused_rule, native_key_to_chat
+from .keys import chat_key_to_native, fused_rule, native_key_to_chat, release_vision_key_to_native
 from .llms import (LLM_ARCHS, REGISTRY, ChatLLM, llm_arch_of_chat_config, llm_arch_of_text_type, llm_entry,
                    transformers_llm)
 from .streaming import (internvl_chat_to_native, iter_chat_to_native, iter_native_to_chat, native_to_internvl_chat,
@@ -35,6 +35,7 @@ __all__ = [
     "LayoutError",
     "chat_config_to_native",
     "chat_key_to_native",
+    "chat_vision_from_native",
     "chat_training_fields",
     "fuse_vision_qkv",
     "fused_rule",
@@ -48,7 +49,9 @@ __all__ = [
     "native_config_to_chat",
     "native_key_to_chat",
     "native_to_internvl_chat",
+    "native_vision_from_chat",
     "native_weight_names",
+    "release_vision_key_to_native",
     "remote_code_files",
     "split_vision_qkv",
     "transformers_llm",

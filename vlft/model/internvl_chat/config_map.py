@@ -127,6 +127,18 @@ def _native_vision_from_chat(chat_vision: Mapping) -> dict:
     }
 
 
+def native_vision_from_chat(chat_vision: Mapping) -> dict:
+    """An InternViT config (``intern_vit_6b``: a chat config's ``vision_config``, or the config.json of
+    OpenGVLab's InternViT release) -> transformers ``InternVLVisionConfig`` dict."""
+    return _native_vision_from_chat(chat_vision)
+
+
+def chat_vision_from_native(vision: Mapping) -> dict:
+    """transformers ``InternVLVisionConfig`` dict -> InternViT config (``intern_vit_6b``), as a chat config's
+    ``vision_config`` or an InternViT release's config.json holds it."""
+    return _chat_vision_from_native(vision)
+
+
 def _chat_vision_from_native(vision: Mapping) -> dict:
     for name, implied in _IMPLIED_NATIVE_VISION.items():
         if vision.get(name, implied) != implied:

@@ -148,6 +148,22 @@ def chat_key_to_native(key: str, *, llm_arch: str) -> tuple[str, ...]:
     raise LayoutError(f"unknown key {key!r} in InternVL-chat weights (llm_arch={llm_arch})")
 
 
+def release_vision_key_to_native(key: str) -> tuple[str, ...]:
+    """``InternVLVisionModel`` key(s) of one weight of OpenGVLab's InternViT release (``InternVisionModel``:
+    the chat layout's ``vision_model.*`` names without the prefix); a fused ``attn.qkv`` gives q, k, v.
+
+    >>> release_vision_key_to_native("encoder.layers.0.attn.qkv.weight")[0]
+    'encoder.layer.0.attention.q_proj.weight'
+    """
+    chat_key = "vision_model." + key
+    names = _FLAT.get(chat_key)
+    names = (names,) if names is not None else _layer_names(chat_key, VIT_CHAT_LAYERS, VIT_NATIVE_LAYERS,
+                                                              _VIT_LAYER, _VIT_FUSED)
+    if names is None or not names[0].startswith("vision_tower."):
+        raise LayoutError(f"unknown key {key!r} in InternViT weights")
+    return tuple(name.removeprefix("vision_tower.") for name in names)
+
+
 def native_to_chat_slot(key: str, llm_arch: str) -> tuple[str, int | None]:
     """(chat key, slot in the fused tensor or None) for one native key."""
     entry = llm_entry(llm_arch)

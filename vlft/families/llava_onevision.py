@@ -1,0 +1,79 @@
+"""LLaVA-OneVision (transformers' `LlavaOnevisionForConditionalGeneration`): SigLIP + Qwen2, AnyRes tiles with the
+"anyres_max_N" budget: unpadded grid features larger than N tiles are shrunk (vlft.model.anyres)."""
+from __future__ import annotations
+
+from vlft.families.family import Family, ImageTokens
+from vlft.families.llava_next import _tiling_from_preprocessor
+
+IMAGE_TOKENS = ImageTokens(context_token="<image>")
+#: SigLIP's normalisation, as LlavaOnevisionImageProcessor's defaults.
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+
+def _default_template(text_type: str, tokenizer) -> str:
+    return "qwen2"  # OneVision sits on Qwen2 (chatml)
+
+
+def _processor_files(info, tiling, common: dict) -> tuple[object, dict, list[str]]:
+    """LLaVA-OneVision's image processor (the pinpoints training tiled with) + LlavaOnevisionProcessor's config."""
+    import transformers  # lazy module: only the processor class is loaded, on export
+
+    pinpoints = [list(p) for p in (tiling.grid_pinpoints or info.grid_pinpoints)]
+    image_processor = transformers.LlavaOnevisionImageProcessorPil(image_grid_pinpoints=pinpoints, **common)
+    processor = {"processor_class": "LlavaOnevisionProcessor", "num_image_tokens": info.tokens_per_tile,
+                 "vision_feature_select_strategy": info.select_strategy,
+                 "vision_aspect_ratio": f"anyres_max_{info.anyres_max_tiles}",
+                 "image_token": IMAGE_TOKENS.context_token}
+    return image_processor, processor, []
+
+
+def _processor_image_tokens(image_processor, processor: dict, image) -> tuple[dict, int]:
+    """LlavaOnevisionProcessor's own count, on an instance holding only what its method reads."""
+    from transformers import LlavaOnevisionProcessor
+
+    features = image_processor(images=[image], return_tensors="pt")
+    height, width = (int(v) for v in features["image_sizes"][0])
+    counter = object.__new__(LlavaOnevisionProcessor)
+    counter.image_processor = image_processor
+    counter.num_image_tokens = processor["num_image_tokens"]
+    counter.vision_aspect_ratio = processor["vision_aspect_ratio"]
+    tile = features["pixel_values"].shape[-1]
+    count = counter._get_number_of_features(height, width, tile, tile)
+    return features, count - (processor["vision_feature_select_strategy"] == "default")
+
+
+def _config_fields(info) -> dict:
+    return {"image_token_index": info.image_token_id,
+            "image_grid_pinpoints": [list(p) for p in info.grid_pinpoints],
+            "vision_aspect_ratio": f"anyres_max_{info.anyres_max_tiles}", "multimodal_projector_bias": True}
+
+
+LLAVA_ONEVISION = Family(
+    name="llava_onevision",
+    display_name="LLaVA-OneVision",
+    official_class_name="LlavaOnevisionForConditionalGeneration",
+    config_class_name="LlavaOnevisionConfig",
+    processor_class_name="LlavaOnevisionProcessor",
+    hf_layout="transformers-native LLaVA-OneVision",
+    image_token_field="image_token_index",
+    computation_fields=("vision_feature_layer", "vision_feature_select_strategy", "image_grid_pinpoints",
+                        "vision_aspect_ratio", "image_token_index"),
+    image_tokens=IMAGE_TOKENS,
+    named_tokens={"image_token": IMAGE_TOKENS.context_token},
+    new_tokens=(IMAGE_TOKENS.context_token,),
+    mean=SIGLIP_MEAN,
+    std=SIGLIP_STD,
+    default_select_layer=-1,
+    last_layer_is_output=False,
+    pixel_shuffle=False,
+    default_downsample_ratio=1.0,
+    tiling_modes=("anyres",),
+    default_tiling={"mode": "anyres"},
+    export_targets=("hf",),
+    default_template=_default_template,
+    tiling_from_preprocessor=_tiling_from_preprocessor,
+    config_fields=_config_fields,
+    processor_files=_processor_files,
+    processor_image_tokens=_processor_image_tokens,
+)
