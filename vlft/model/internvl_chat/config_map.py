@@ -16,6 +16,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from vlft.families import INTERNVL
+
 from .errors import LayoutError
 from .llms import llm_arch_of_chat_config, llm_entry
 
@@ -203,7 +205,7 @@ def chat_config_to_native(chat_config: Mapping, *, image_token_id: int, allow_ps
     image_size = fields["force_image_size"] or vision["image_size"][0]
     native = {
         "architectures": ["InternVLForConditionalGeneration"],
-        "model_type": "internvl",
+        "model_type": INTERNVL.name,   # the -hf layout's model_type is the family's name
         "vision_config": vision,
         "text_config": entry.text_from_chat(chat_config.get("llm_config") or {}),
         "image_token_id": int(image_token_id),
