@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from vlft.cli import main
+from vlft.data.cache import list_caches
 from vlft.engine import TrainingInterrupted, train_from_config
 from vlft.engine.checkpoints import (TRAINER_STATE, TrainerState, check_work_dir, find_resume_checkpoint,
                                      prune_checkpoints, resolve_resume)
@@ -47,7 +48,10 @@ def test_resume_after_ctrl_c_equals_the_uninterrupted_run(config, tmp_path, engi
     assert (work / "latest").read_text().strip() == "checkpoint-3"
     assert sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
 
+    caches = {entry.path for entry in list_caches()}
+    assert caches                                               # the first runs encoded through the cache
     rest = train_from_config(config, work_dir=str(work), deepspeed=engine, resume="auto")
+    assert {entry.path for entry in list_caches()} == caches   # the resume opened the encoded cache, built none
     assert rest.steps == [4, 5, 6, 7, 8]
     resumed = first.losses + rest.losses
     assert max(abs(a - b) for a, b in zip(resumed, whole.losses)) <= 1e-6, (resumed, whole.losses)
