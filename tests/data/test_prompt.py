@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from vlft.data.dataset import DataPipeline
 from vlft.data.prompt import stop_kwargs, stop_strings, stop_token_ids
 from vlft.data.templates import TEMPLATES, get_template
 from vlft.engine.samples import generate_samples
@@ -48,8 +49,8 @@ def test_samples_chat_and_the_exported_generation_config_stop_on_the_same_ids(to
     tokenizer, template = tokenizers[style], get_template(name)
     rule = stop_token_ids(tokenizer, template)
     assert rule and tokenizer.eos_token_id in rule
-    pipeline = SimpleNamespace(tokenizer=tokenizer, template=template, image_tokens=LLAVA.image_tokens,
-                               tokens_per_tile=1, system_prompt=None, tiling=None)
+    pipeline = DataPipeline(tokenizer=tokenizer, template=template, image_tokens=LLAVA.image_tokens,
+                            tokens_per_tile=1, system_prompt=None, tiling=None, max_length=1 << 20)
 
     chat = generate_kwargs(pipeline, GenerationSettings())["eos_token_id"]
     write_generation_config(tmp_path, tokenizer, template)

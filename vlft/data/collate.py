@@ -19,7 +19,15 @@ def pad_collate(features: list[dict], pad_token_id: int) -> dict:
         attention_mask[row, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
             "pixel_values": torch.cat([f["pixel_values"] for f in features]),
-            "num_tokens": int(attention_mask.sum())}
+            **_image_sizes(features), "num_tokens": int(attention_mask.sum())}
+
+
+def _image_sizes(features: list[dict]) -> dict:
+    """{"image_sizes": [all images, 2] (height, width) in pixel order}, when the samples carry them (AnyRes
+    packing reads them; the other families ignore them)."""
+    if not any("image_sizes" in f for f in features):
+        return {}
+    return {"image_sizes": torch.cat([f.get("image_sizes", torch.zeros(0, 2, dtype=torch.long)) for f in features])}
 
 
 def pack_collate(rows: list[list[dict]], pad_token_id: int) -> dict:
@@ -34,7 +42,7 @@ def pack_collate(rows: list[list[dict]], pad_token_id: int) -> dict:
     input_ids = torch.full((len(rows), longest), pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((len(rows), longest), dtype=torch.long)
-    pixels = []
+    pixels, samples = [], []
     for r, row in enumerate(rows):
         start = 0
         for f in row:
@@ -44,11 +52,12 @@ def pack_collate(rows: list[list[dict]], pad_token_id: int) -> dict:
             labels[r, start] = IGNORE_INDEX
             position_ids[r, start:start + n] = torch.arange(n)
             pixels.append(f["pixel_values"])
+            samples.append(f)
             start += n
         # padding continues as one more "sample" that attends only to itself and is never a target
         position_ids[r, start:] = torch.arange(longest - start)
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-            "pixel_values": torch.cat(pixels), "num_tokens": sum(lengths)}
+            "pixel_values": torch.cat(pixels), **_image_sizes(samples), "num_tokens": sum(lengths)}
 
 
 def pack_rows(lengths: list[int], order: list[int], max_length: int) -> list[list[int]]:

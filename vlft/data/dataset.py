@@ -25,14 +25,15 @@ from torch.utils.data import Dataset
 
 from vlft.data.encode import IGNORE_INDEX, EncodedSample, ImageTokens, SampleError, encode_sample
 from vlft.data.formats import DatasetSource, ReadReport, read_all
-from vlft.data.problems import MALFORMED, MISSING_IMAGE, TOO_LONG, UNREADABLE_IMAGE
+from vlft.data.problems import BAD_SAMPLE, MALFORMED, MISSING_IMAGE, TOO_LONG, UNREADABLE_IMAGE
 from vlft.data.record import Sample
 from vlft.data.rows import EncodedRows, encode_rows
 from vlft.data.templates import ChatTemplate, get_template
 from vlft.data.tiling import ImageError, ImageNotFoundError, TilingSpec, load_image, num_tiles, read_image_header, \
     shared_tile_budget, tiles_for_image
 from vlft.errors import ConfigError, DataError
-from vlft.families import family_named
+from vlft.families import family_named, normalisation_of
+from vlft.model.anyres import AnyResGrid
 
 #: Training-time warnings (an image that fails to decode mid-run), one line each. With no handler set up,
 #: logging's last-resort handler prints the bare line to stderr, from DataLoader workers too.
@@ -50,17 +51,46 @@ class DataPipeline:
     tokens_per_tile: int
     max_length: int
     system_prompt: str | None = None
+    #: The model's AnyRes packing (LLaVA-NeXT / OneVision): an image's tokens follow its size, not only its
+    #: tiles (unpadded grid + one newline per row). None: every tile gives tokens_per_tile tokens.
+    anyres: AnyResGrid | None = None
 
     def tile_counts(self, sample: Sample) -> list[int]:
         """Tiles per image from the image headers only (no decoding); several images share the budget."""
         budget = shared_tile_budget(sample.max_tiles or self.tiling.max_tiles, max(1, len(sample.images)))
         return [num_tiles(*_image_size(path, sample), self.tiling, max_tiles=budget) for path in sample.images]
 
-    def encode(self, sample: Sample, tile_counts: list[int] | None = None) -> EncodedSample:
+    def tokens_for(self, width: int, height: int, tiles: int) -> int:
+        """Image tokens of one image of (width, height) cut into ``tiles`` tiles, by the model's rule."""
+        if self.anyres is None:
+            return tiles * self.tokens_per_tile
+        return self.anyres.token_count((height, width), self.tokens_per_tile)
+
+    def image_tokens_per_image(self, sizes: Sequence[tuple[int, int]], counts: Sequence[int], *,
+                               where: str = "prompt") -> list[int]:
+        """tokens_for of each image ((width, height) and tiles each, in placeholder order)."""
+        if self.anyres is not None and self.anyres.max_tiles_of_features is not None and len(sizes) > 1:
+            # transformers' OneVision gives each image of a multi-image sample its base tile only
+            # (batch_num_images); vlft's packing always tiles, so it would train on other features.
+            raise SampleError(f"{where}: {len(sizes)} images in one sample: LLaVA-OneVision's multi-image "
+                              "features (one tile per image) are not supported by vlft; use one image per sample",
+                              BAD_SAMPLE)
+        return [self.tokens_for(w, h, c) for (w, h), c in zip(sizes, counts)]
+
+    def encode(self, sample: Sample, tile_counts: list[int] | None = None,
+               sizes: Sequence[tuple[int, int]] | None = None) -> EncodedSample:
+        """``sizes``: (width, height) of each image as shown (read from the headers when not given)."""
         counts = self.tile_counts(sample) if tile_counts is None else tile_counts
+        if sizes is None:
+            sizes = [_image_size(path, sample) for path in sample.images] if self.anyres is not None else \
+                [(0, 0)] * len(counts)
         return encode_sample(sample, self.tokenizer, self.template, image_tokens=self.image_tokens,
-                             tokens_per_image=[c * self.tokens_per_tile for c in counts],
+                             tokens_per_image=self.image_tokens_per_image(sizes, counts, where=sample.where),
                              system_prompt=self.system_prompt)
+
+    def image_sizes(self, sample: Sample) -> torch.Tensor:
+        """[images, 2] (height, width) of each image as shown, from the headers: what AnyRes packing reads."""
+        return _sizes_tensor([_image_size(path, sample) for path in sample.images])
 
     def pixels(self, sample: Sample) -> torch.Tensor:
         """[total tiles, 3, S, S] for all images of the sample, in placeholder order."""
@@ -79,10 +109,11 @@ def pipeline_from_spec(spec, tokenizer, info) -> DataPipeline:
         raise ConfigError(f"data.tiling.tile_size={settings.tile_size} and the vision encoder's input size "
                           f"{info.tile_size} contradict; leave data.tiling.tile_size unset to use the encoder's")
     family = family_named(info.family)
-    mean, std = family.mean, family.std
+    mean, std = normalisation_of(info)
+    pinpoints = anyres_pinpoints(settings, info)
     tiling = TilingSpec(mode=settings.mode, tile_size=tile_size, min_tiles=settings.min_tiles,
                         max_tiles=settings.max_tiles, use_thumbnail=settings.use_thumbnail,
-                        grid_pinpoints=tuple(tuple(p) for p in settings.grid_pinpoints), mean=mean, std=std)
+                        grid_pinpoints=pinpoints, mean=mean, std=std)
     try:
         template = get_template(spec.data.template)
     except KeyError as exc:
@@ -90,7 +121,23 @@ def pipeline_from_spec(spec, tokenizer, info) -> DataPipeline:
     return DataPipeline(tokenizer=tokenizer, template=template, tiling=tiling,
                         image_tokens=family.image_tokens,
                         tokens_per_tile=info.tokens_per_tile, max_length=spec.data.max_length,
-                        system_prompt=spec.data.system_prompt)
+                        system_prompt=spec.data.system_prompt, anyres=info.anyres)
+
+
+def anyres_pinpoints(settings, info) -> tuple[tuple[int, int], ...]:
+    """data.tiling.grid_pinpoints, defaulting to an AnyRes model's own image_grid_pinpoints.
+
+    An AnyRes model unpads its grid by its own pinpoints, so tiling by others would give features and image
+    tokens that disagree: such a setting is refused."""
+    given = tuple(tuple(int(v) for v in p) for p in settings.grid_pinpoints)
+    own = tuple(tuple(p) for p in info.grid_pinpoints)
+    if not own:
+        return given
+    if given and given != own:
+        raise ConfigError(f"data.tiling.grid_pinpoints={[list(p) for p in given]} differ from the model's "
+                          f"image_grid_pinpoints={[list(p) for p in own]}: the model unpads its grid by its own "
+                          "pinpoints; leave data.tiling.grid_pinpoints unset to use them")
+    return own
 
 
 @dataclass
@@ -144,11 +191,13 @@ class SupervisedDataset(Dataset):
         self.samples: list[Sample] = []
         self.encoded: list[EncodedSample] = []
         self.tiles: list[int] = []
+        self.sizes: list[torch.Tensor] = []  # [images, 2] (height, width) each, as the headers said
         for sample in samples:
             problem, reason = None, None
             try:
+                sizes = [_image_size(path, sample) for path in sample.images]
                 counts = pipeline.tile_counts(sample)
-                encoded = pipeline.encode(sample, counts)
+                encoded = pipeline.encode(sample, counts, sizes)
                 if len(encoded.input_ids) > pipeline.max_length:
                     reason = TOO_LONG
                     problem = (f"{sample.where}: {len(encoded.input_ids)} tokens > data.max_length="
@@ -165,6 +214,7 @@ class SupervisedDataset(Dataset):
                 self.stats.problems.append(problem)
                 continue
             self.samples.append(sample)
+            self.sizes.append(_sizes_tensor(sizes))
             self.encoded.append(encoded)
             self.tiles.append(sum(counts))
         self.stats.kept = len(self.samples)
@@ -201,7 +251,12 @@ class SupervisedDataset(Dataset):
             pixels = torch.zeros(int(self.tiles[index]), 3, self.pipeline.tiling.tile_size,
                                  self.pipeline.tiling.tile_size)
             labels = torch.full_like(labels, IGNORE_INDEX)
-        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixels}
+        # The header sizes the tokens were counted from (also for a failed image: its tile count holds).
+        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixels,
+                "image_sizes": self._image_sizes(index)}
+
+    def _image_sizes(self, index: int) -> torch.Tensor:
+        return self.sizes[index]
 
     def _pixels(self, index: int) -> torch.Tensor:
         sample = self.samples[index]
@@ -226,6 +281,11 @@ def _image_size(path: str, sample: Sample) -> tuple[int, int]:
     """(width, height) as shown: after the EXIF rotation that load_image applies."""
     header = read_image_header(path)
     return header.width, header.height
+
+
+def _sizes_tensor(sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """(width, height) pairs -> [images, 2] (height, width), transformers' image_sizes order."""
+    return torch.tensor([[h, w] for w, h in sizes], dtype=torch.long).reshape(-1, 2)
 
 
 class CachedDataset(SupervisedDataset):
@@ -287,6 +347,10 @@ class CachedDataset(SupervisedDataset):
     def _ids_and_labels(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids, labels = self.rows.ids_and_labels(int(self.index[index]))
         return torch.from_numpy(ids), torch.from_numpy(labels)
+
+    def _image_sizes(self, index: int) -> torch.Tensor:
+        widths, heights = self.rows.image_sizes(int(self.index[index]))
+        return _sizes_tensor(list(zip(widths, heights)))
 
     @property
     def cache_line(self) -> str:

@@ -56,11 +56,16 @@ def stop_kwargs(tokenizer, template: ChatTemplate) -> dict:
 
 
 def generation_prompt(pipeline: DataPipeline, turns: Sequence[Turn], tiles_per_image: Sequence[int], *,
-                      where: str = "prompt") -> list[int]:
+                      where: str = "prompt", image_sizes: Sequence[tuple[int, int]] | None = None) -> list[int]:
     """Ids of the conversation so far + the assistant header, images expanded exactly as training does.
 
-    ``tiles_per_image``: tiles of each image, in placeholder order (each gives tokens_per_tile tokens).
+    ``tiles_per_image``: tiles of each image, in placeholder order. ``image_sizes``: (width, height) of each
+    image, which an AnyRes model's token count follows (pipeline.anyres; required there).
     """
+    if image_sizes is None:
+        if pipeline.anyres is not None and tiles_per_image:
+            raise ValueError(f"{where}: an AnyRes model counts an image's tokens from its size: pass image_sizes")
+        image_sizes = [(0, 0)] * len(tiles_per_image)
+    tokens = pipeline.image_tokens_per_image(list(image_sizes), list(tiles_per_image), where=where)
     return encode_prompt(turns, pipeline.tokenizer, pipeline.template, image_tokens=pipeline.image_tokens,
-                         tokens_per_image=[count * pipeline.tokens_per_tile for count in tiles_per_image],
-                         system_prompt=pipeline.system_prompt, where=where)
+                         tokens_per_image=tokens, system_prompt=pipeline.system_prompt, where=where)

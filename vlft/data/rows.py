@@ -97,6 +97,10 @@ class EncodedRows:
                   for name in ("ids", "ids_run_at", "ids_run_len", "labels", "labels_run_at", "labels_run_len")]
         return _expand(*values[:3]), _expand(*values[3:])
 
+    def image_sizes(self, row: int) -> tuple[list[int], list[int]]:
+        """(widths, heights) of one row's images as shown, from their headers at encoding time."""
+        return self.table.column("widths")[row].as_py(), self.table.column("heights")[row].as_py()
+
     def sample(self, row: int) -> Sample:
         """The row as a Sample without its turns (where, images, max_tiles: what loading pixels needs)."""
         get = self.table.select(["source", "id", "dataset", "images", "max_tiles"]).slice(row, 1).to_pylist()[0]
@@ -378,8 +382,9 @@ def encode_row(sample: Sample, pipeline) -> dict:
     try:
         for path in sample.images:
             headers.append(read_image_header(path))
-        counts = tile_counts_for_sizes(pipeline, sample, [(h.width, h.height) for h in headers])
-        encoded = pipeline.encode(sample, counts)
+        sizes = [(h.width, h.height) for h in headers]
+        counts = tile_counts_for_sizes(pipeline, sample, sizes)
+        encoded = pipeline.encode(sample, counts, sizes)
         ids, labels, image_tokens = encoded.input_ids, encoded.labels, encoded.num_image_tokens
     except SampleError as exc:
         kind, problem = exc.kind, str(exc)

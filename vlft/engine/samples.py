@@ -20,15 +20,18 @@ def generate_samples(model, pipeline, spec: ExperimentSpec, device) -> list[tupl
     was_training = model.training
     model.eval()
     for sample in spec.engine.sample_prompts:
-        text, pixels, tiles = sample.prompt, None, []
+        text, pixels, tiles, sizes, extra = sample.prompt, None, [], None, {}
         if sample.image:
-            pixels = tiles_for_image(load_image(sample.image), pipeline.tiling).to(device)
-            tiles = [pixels.shape[0]]
+            image = load_image(sample.image)
+            pixels = tiles_for_image(image, pipeline.tiling).to(device)
+            tiles, sizes = [pixels.shape[0]], [image.size]
+            # AnyRes families count and place image tokens by the image's size; the others ignore it
+            extra = {"image_sizes": torch.tensor([[image.height, image.width]], device=device)}
             if IMAGE_PLACEHOLDER not in text:
                 text = f"{IMAGE_PLACEHOLDER}\n{text}"
-        ids = generation_prompt(pipeline, [Turn("user", text)], tiles)
+        ids = generation_prompt(pipeline, [Turn("user", text)], tiles, image_sizes=sizes)
         new = model.generate(torch.tensor([ids], device=device), pixel_values=pixels, do_sample=False,
-                             max_new_tokens=spec.engine.sample_max_new_tokens, **stops,
+                             max_new_tokens=spec.engine.sample_max_new_tokens, **stops, **extra,
                              pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         answers.append((sample.prompt, tokenizer.decode(new[0], skip_special_tokens=True).strip()))
     model.train(was_training)

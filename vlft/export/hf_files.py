@@ -12,12 +12,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+from vlft.data.dataset import anyres_pinpoints
 from vlft.data.prompt import stop_token_ids
 from vlft.data.templates import ChatTemplate, get_template
 from vlft.data.tiling import TilingSpec
 from vlft.errors import CheckpointError, ConfigError
 from vlft.export.writers import DTYPES
-from vlft.families import family_named
+from vlft.families import family_named, normalisation_of
 from vlft.families.internvl import opengvlab_repository
 from vlft.model.internvl_chat import PS_VERSION_KEY, remote_code_files
 from vlft.model.layouts import read_versioned_record
@@ -58,12 +59,11 @@ def export_template(spec, family: str, *, layout: str = "hf") -> ChatTemplate:
 def training_tiling(spec, info: VLMInfo) -> TilingSpec:
     """The TilingSpec training used (vlft.data.dataset.pipeline_from_spec builds the same one)."""
     settings = spec.data.tiling
-    family = family_named(info.family)
+    mean, std = normalisation_of(info)
     return TilingSpec(mode=settings.mode, tile_size=settings.tile_size or info.tile_size,
                       min_tiles=settings.min_tiles, max_tiles=settings.max_tiles,
-                      use_thumbnail=settings.use_thumbnail,
-                      grid_pinpoints=tuple(tuple(p) for p in settings.grid_pinpoints),
-                      mean=family.mean, std=family.std)
+                      use_thumbnail=settings.use_thumbnail, grid_pinpoints=anyres_pinpoints(settings, info),
+                      mean=mean, std=std)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from vlft.export.hf_files import export_template
 from vlft.export.staging import check_output, staged_output
 from vlft.model.internvl_chat import Heads, fused_rule, iter_chat_to_native, llm_arch_of_chat_config, llm_entry
 from vlft.model.internvl_chat.keys import native_to_chat_slot
-from vlft.model.layouts import CHECKPOINT_MARKER, Layout, detect_layout
+from vlft.model.layouts import CHECKPOINT_MARKER, WHOLE_HF_LAYOUTS, Layout, detect_layout
 
 LLM_ADAPTER_DIR = "llm_adapter"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -229,7 +229,7 @@ def export_lora(checkpoint: str | Path, out: str | Path, *, verify: bool | None 
         llm_arch = llm_arch_of_chat_config(chat_config)
         named = _chat_modules(modules, llm_arch, _heads(chat_config["llm_config"]))
         layout_name = "internvl-chat"
-    elif layout in (Layout.HF_INTERNVL, Layout.HF_LLAVA):
+    elif layout in WHOLE_HF_LAYOUTS:
         named = {_hf_name(name): (m.a, m.b) for name, m in modules.items()}
         layout_name = "hf"
     else:
@@ -317,14 +317,14 @@ def verify_lora_logits(adapter: Path, base: Path, merged, *, atol: float = 1e-5)
     prompt = training_prompt(merged.spec, merged.tokenizer, model.info)
     ids = torch.tensor([prompt.input_ids])
     with torch.no_grad():
-        want = model(input_ids=ids, pixel_values=prompt.pixel_values).logits[0].float()
+        want = model(input_ids=ids, **prompt.image_inputs).logits[0].float()
     official = AutoModelForImageTextToText.from_pretrained(str(base), dtype=torch.float32, attn_implementation="eager")
     served = PeftModel.from_pretrained(official, str(adapter)).eval()
     loaded = sum(1 for name, _ in served.named_parameters() if "lora_A" in name)
     if loaded != len(json.loads((adapter / ADAPTER_CONFIG).read_text())["target_modules"]):
         raise VerifyError(f"{adapter}: peft found {loaded} of the adapter's modules in the official class")
     with torch.no_grad():
-        got = served(input_ids=ids, pixel_values=prompt.pixel_values.to(torch.float32)).logits[0].float()
+        got = served(input_ids=ids, **prompt.image_inputs).logits[0].float()
     diff = float((got - want).abs().max())
     if not diff <= atol:
         raise VerifyError(f"{adapter}: the adapter on {type(official).__name__} gives other logits than the merged "

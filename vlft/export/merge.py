@@ -276,13 +276,16 @@ def export_items(model: VisionLanguageModel):
     """(name, tensor) of the merged model as written, by reference (casting happens in the shard writer).
 
     Names are the model's state-dict names, except that a CLIP/SigLIP tower is written in the canonical
-    ``vision_tower.vision_model.*`` layout.
+    ``vision_tower.vision_model.*`` layout, and the AnyRes connector's newline as the top-level
+    ``image_newline`` that LLaVA-NeXT / OneVision load (as ``model.image_newline``).
     """
     nest = (model.vision_tower.config.model_type in NESTED_VISION_TYPES
             and not hasattr(model.vision_tower, "vision_model"))
     for name, tensor in model.state_dict().items():
         if nest and name.startswith("vision_tower."):
             name = "vision_tower.vision_model." + name.removeprefix("vision_tower.")
+        if name == "multi_modal_projector.image_newline":
+            name = "image_newline"
         yield name, tensor
 
 

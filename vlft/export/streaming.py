@@ -21,12 +21,14 @@ from torch import nn
 
 from vlft.errors import CheckpointError
 from vlft.model.internvl_chat import chat_config_to_native, iter_chat_to_native
-from vlft.model.layouts import Layout, detect_layout, safetensors_files
+from vlft.model.layouts import WHOLE_HF_LAYOUTS, Layout, detect_layout, safetensors_files
 from vlft.model.trained_state import ADAPTERS, TRAINED_FILE
 
 #: Keys transformers 5 saves for the official classes -> vlft's (legacy "-hf") state-dict names.
 _SAVED_PREFIXES = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
-                   ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector."))
+                   ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector."),
+                   # LLaVA-NeXT / OneVision keep the newline beside the projector; vlft's connector holds it
+                   ("model.image_newline", "multi_modal_projector.image_newline"))
 _EMBED = "language_model.model.embed_tokens.weight"
 _LM_HEAD = "language_model.lm_head.weight"
 _PEFT_PREFIX = "base_model.model."
@@ -42,7 +44,7 @@ def streamable_base(meta: dict) -> Path:
     if path is None:
         raise NotStreamable("the base is composed from parts")
     layout = detect_layout(path)
-    if layout not in (Layout.HF_INTERNVL, Layout.HF_LLAVA, Layout.INTERNVL_CHAT):
+    if layout not in (*WHOLE_HF_LAYOUTS, Layout.INTERNVL_CHAT):
         raise NotStreamable(f"a {layout.value} base")
     return Path(path)
 

@@ -7,6 +7,7 @@ never holds two models.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -104,6 +105,14 @@ class TrainingPrompt:
     input_ids: list[int]
     pixel_values: torch.Tensor  # [tiles, 3, S, S]
     image: object
+    #: [1, 2] (height, width) of the image; passed to AnyRes models only (the others take no image_sizes).
+    image_sizes: torch.Tensor | None = None
+
+    @property
+    def image_inputs(self) -> dict:
+        """The keyword arguments both models take besides the ids: pixels (+ image_sizes for AnyRes)."""
+        sizes = {} if self.image_sizes is None else {"image_sizes": self.image_sizes}
+        return {"pixel_values": self.pixel_values, **sizes}
 
 
 def training_prompt(spec, tokenizer, info) -> TrainingPrompt:
@@ -115,8 +124,11 @@ def training_prompt(spec, tokenizer, info) -> TrainingPrompt:
     pipeline = pipeline_from_spec(spec, tokenizer, info)
     image = synthetic_image(pipeline.tiling.tile_size)
     pixels = tiles_for_image(image, pipeline.tiling)
-    ids = generation_prompt(pipeline, [Turn("user", f"{IMAGE_PLACEHOLDER}\n{VERIFY_QUESTION}")], [pixels.shape[0]])
-    return TrainingPrompt(input_ids=ids, pixel_values=pixels, image=image)
+    anyres = pipeline.anyres is not None
+    ids = generation_prompt(pipeline, [Turn("user", f"{IMAGE_PLACEHOLDER}\n{VERIFY_QUESTION}")], [pixels.shape[0]],
+                            image_sizes=[image.size] if anyres else None)
+    return TrainingPrompt(input_ids=ids, pixel_values=pixels, image=image,
+                          image_sizes=torch.tensor([[image.height, image.width]]) if anyres else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -145,7 +157,9 @@ def verify_hf_export(out: str | Path, *, atol: float = 1e-4, new_tokens: int = 1
     report = VerifyReport(target="hf")
 
     ours, tokenizer = build_vlm(spec.model, quantize=False)
-    info = ours.info
+    # Training's normalisation, from the record: the export's own preprocessor file is what is checked.
+    trained = record["info"]
+    info = dataclasses.replace(ours.info, image_mean=trained.get("image_mean"), image_std=trained.get("image_std"))
     prompt = training_prompt(spec, tokenizer, info)
     ids = torch.tensor([prompt.input_ids])
     eos = _eos_ids(out, tokenizer)
@@ -154,17 +168,17 @@ def verify_hf_export(out: str | Path, *, atol: float = 1e-4, new_tokens: int = 1
                            is not None else eos[0])
     with torch.no_grad():
         ours.eval()
-        our_logits = ours(input_ids=ids, pixel_values=prompt.pixel_values).logits[0].float()
-        our_tokens = ours.generate(ids, prompt.pixel_values, attention_mask=torch.ones_like(ids),
+        our_logits = ours(input_ids=ids, **prompt.image_inputs).logits[0].float()
+        our_tokens = ours.generate(ids, attention_mask=torch.ones_like(ids), **prompt.image_inputs,
                                    **generate_kwargs)[0].tolist()
     _free(ours)
     del ours
 
     theirs = _load_official(out, info.family)
     with torch.no_grad():
-        their_logits = theirs(input_ids=ids, pixel_values=prompt.pixel_values).logits[0].float()
-        generated = theirs.generate(input_ids=ids, pixel_values=prompt.pixel_values,
-                                    attention_mask=torch.ones_like(ids), **generate_kwargs)
+        their_logits = theirs(input_ids=ids, **prompt.image_inputs).logits[0].float()
+        generated = theirs.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **prompt.image_inputs,
+                                    **generate_kwargs)
     their_tokens = generated[0, ids.shape[1]:].tolist()
     _free(theirs)
     del theirs
@@ -242,6 +256,8 @@ def _check_prompt_files(out: Path, spec, prompt: TrainingPrompt, report: VerifyR
     placeholder = family.image_placeholder
     expansion = (tokens.start_token or "") + tokens.context_token * count + (tokens.end_token or "")
     pixels = features["pixel_values"]
+    if pixels.dim() == 5 and pixels.shape[0] == 1:  # AnyRes processors stack [images, tiles, 3, S, S]
+        pixels = pixels[0]
     if pixels.shape == prompt.pixel_values.shape:
         report.max_abs_pixel_diff = float((pixels.float() - prompt.pixel_values).abs().max())
         if report.max_abs_pixel_diff > 1e-4:

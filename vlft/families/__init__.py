@@ -39,6 +39,16 @@ def family_of_layout(layout) -> Family:
     raise KeyError(f"a {layout.value} directory belongs to no model family")
 
 
+def normalisation_of(info) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) a model's pixels are normalised with: the base's own (VLMInfo.image_mean / image_std, read
+    from its preprocessor or its tower), else its family's."""
+    family = family_named(info.family)
+    mean, std = getattr(info, "image_mean", None), getattr(info, "image_std", None)
+    if mean is None or std is None:
+        return family.mean, family.std
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 def family_of_processor(processor_class: str) -> Family:
     """The family whose processor processor_config.json names."""
     for family in FAMILIES.values():
@@ -48,4 +58,4 @@ def family_of_processor(processor_class: str) -> Family:
 
 
 __all__ = ["FAMILIES", "INTERNVL", "LLAVA", "LLAVA_NEXT", "LLAVA_ONEVISION", "Family", "ImageTokens", "family_named", "family_of_config",
-           "family_of_layout", "family_of_processor"]
+           "family_of_layout", "family_of_processor", "normalisation_of"]

@@ -12,7 +12,7 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
 def _default_template(text_type: str, tokenizer) -> str:
-    return "qwen2"  # OneVision sits on Qwen2 (chatml)
+    return "chatml"  # OneVision sits on Qwen2, whose chat format is chatml
 
 
 def _processor_files(info, tiling, common: dict) -> tuple[object, dict, list[str]]:
@@ -70,7 +70,7 @@ LLAVA_ONEVISION = Family(
     default_downsample_ratio=1.0,
     tiling_modes=("anyres",),
     default_tiling={"mode": "anyres"},
-    export_targets=("hf",),
+    export_targets=("hf", "lora"),
     default_template=_default_template,
     tiling_from_preprocessor=_tiling_from_preprocessor,
     config_fields=_config_fields,

@@ -66,16 +66,23 @@ def check_prompt_length(model, prompt_tokens: int, settings: GenerationSettings,
 class PromptInputs:
     input_ids: list[int]
     pixel_values: torch.Tensor  # [tiles, 3, S, S] of all images of the conversation, in order
+    #: [images, 2] (height, width) of each image, which an AnyRes model's packing reads (None: not AnyRes).
+    image_sizes: torch.Tensor | None = None
 
 
 def prompt_ids(pipeline: DataPipeline, sample: Sample) -> list[int]:
     """Ids of the conversation + the generation prompt, images expanded (tile counts from the headers only)."""
-    return generation_prompt(pipeline, sample.turns, pipeline.tile_counts(sample), where=sample.where)
+    sizes = None
+    if pipeline.anyres is not None:
+        sizes = [(int(w), int(h)) for h, w in pipeline.image_sizes(sample).tolist()]
+    return generation_prompt(pipeline, sample.turns, pipeline.tile_counts(sample), where=sample.where,
+                             image_sizes=sizes)
 
 
 def prompt_inputs(pipeline: DataPipeline, sample: Sample, ids: list[int] | None = None) -> PromptInputs:
     """Ids and pixels, exactly as training encodes them (`ids` when already computed)."""
-    return PromptInputs(prompt_ids(pipeline, sample) if ids is None else ids, pipeline.pixels(sample))
+    sizes = pipeline.image_sizes(sample) if pipeline.anyres is not None else None
+    return PromptInputs(prompt_ids(pipeline, sample) if ids is None else ids, pipeline.pixels(sample), sizes)
 
 
 def stop_token_ids(pipeline: DataPipeline) -> list[int]:
@@ -132,6 +139,8 @@ def generate_batch(model, pipeline: DataPipeline, prompts: list[PromptInputs], s
     kwargs = generate_kwargs(pipeline, settings)
     input_ids, mask = left_pad([p.input_ids for p in prompts], kwargs["pad_token_id"])
     pixels = torch.cat([p.pixel_values for p in prompts])
+    if pipeline.anyres is not None:
+        kwargs["image_sizes"] = torch.cat([p.image_sizes for p in prompts]).to(model.device)
     new = model.generate(input_ids.to(model.device), pixels.to(model.device) if pixels.numel() else None,
                          mask.to(model.device), streamer=streamer, **kwargs)
     return [decode_reply(pipeline, row) for row in new]

@@ -67,8 +67,9 @@ def image_views(pipeline: DataPipeline, sample: Sample) -> list[ImageView]:
     pixels = pipeline.pixels(sample)  # [sum(counts), 3, S, S]
     spec = pipeline.tiling
     budget = shared_tile_budget(sample.max_tiles or spec.max_tiles, len(sample.images))
+    shown = pipeline.image_sizes(sample).tolist()  # (height, width) as shown: what the token count follows
     views, start = [], 0
-    for path, count in zip(sample.images, counts):
+    for path, count, (shown_h, shown_w) in zip(sample.images, counts, shown):
         tiles = tuple(to_image(tile, spec.mean, spec.std) for tile in pixels[start:start + count])
         start += count
         with Image.open(path) as image:
@@ -80,7 +81,7 @@ def image_views(pipeline: DataPipeline, sample: Sample) -> list[ImageView]:
         elif spec.mode == "anyres":
             canvas_h, canvas_w = _select_best_resolution(*size, spec.grid_pinpoints)
             grid, extra = (canvas_w // spec.tile_size, canvas_h // spec.tile_size), "base image"
-        views.append(ImageView(path, size, grid, tiles, extra, count * pipeline.tokens_per_tile))
+        views.append(ImageView(path, size, grid, tiles, extra, pipeline.tokens_for(shown_w, shown_h, count)))
     return views
 
 

@@ -55,7 +55,7 @@ def load_for_inference(path: str | Path, *, template: str | None = None, device:
         CheckpointError: the directory is not a whole vision-language model; the message names it.
     """
     from vlft.data.dataset import pipeline_from_spec
-    from vlft.model.layouts import Layout, detect_layout
+    from vlft.model.layouts import WHOLE_HF_LAYOUTS, Layout, detect_layout
 
     check_template_flag(template)
     path = Path(path)
@@ -79,7 +79,7 @@ def load_for_inference(path: str | Path, *, template: str | None = None, device:
         if template is not None:
             spec.data.template, spec.data.system_prompt = template, None
         model, tokenizer = build_vlm(spec.model, quantize=False)
-    elif layout in (Layout.HF_INTERNVL, Layout.HF_LLAVA, Layout.INTERNVL_CHAT):
+    elif layout in (*WHOLE_HF_LAYOUTS, Layout.INTERNVL_CHAT):
         from vlft.config import spec_from_dict
         from vlft.model.load import build_vlm, load_tokenizer
 

@@ -14,6 +14,7 @@ from vlft.model.layouts import Layout, detect_layout
 from vlft.families import INTERNVL, family_named
 from vlft.model.internvl_chat import PS_VERSION_KEY, chat_config_to_native
 from vlft.model.load import load_tokenizer, missing_image_tokens, official_info, parts_info
+from vlft.model.normalisation import base_normalisation
 from vlft.model.vision_dirs import vision_config
 from vlft.model.vlm import VLMInfo
 from vlft.specs import ModelSpec
@@ -68,7 +69,8 @@ def _internvl_chat_facts(path) -> tuple[VLMInfo, object]:
                    tile_size=int(chat_config.get("force_image_size") or _first(vision["image_size"])),
                    patch_size=_first(vision["patch_size"]),
                    select_strategy=native.get("vision_feature_select_strategy", "default"),
-                   ps_version=native.get(PS_VERSION_KEY, "v2"))
+                   ps_version=native.get(PS_VERSION_KEY, "v2"),
+                   **base_normalisation(path, vision.get("model_type")))
     return info, tokenizer
 
 

@@ -20,6 +20,10 @@ class Layout(enum.Enum):
     CHECKPOINT = "vlft training checkpoint"
 
 
+#: The transformers-native ("-hf") layouts of a whole VLM, one per family: what build_vlm, the streamed merge,
+#: `--to lora` and `vlft chat` read alike.
+WHOLE_HF_LAYOUTS = (Layout.HF_INTERNVL, Layout.HF_LLAVA, Layout.HF_LLAVA_NEXT, Layout.HF_LLAVA_ONEVISION)
+
 #: ("intern_vit_6b": OpenGVLab's InternViT release, read by vlft.model.vision_dirs without its remote code.)
 VISION_TYPES = {"internvl_vision", "clip_vision_model", "siglip_vision_model", "intern_vit_6b"}
 LLM_TYPES = {"qwen2", "qwen3", "llama", "mistral", "internlm2"}

@@ -13,6 +13,7 @@ from vlft.model.connector import PS_VERSIONS, Connector
 from vlft.model.internvl_chat import PS_VERSION_KEY, internvl_chat_to_native
 from vlft.model.layouts import Layout, detect_layout, read_safetensors_dir, safetensors_files
 from vlft.model.anyres import anyres_fields, with_image_newline
+from vlft.model.normalisation import base_normalisation
 from vlft.model.vision_dirs import load_vision_encoder, vision_config
 from vlft.model.vlm import VisionLanguageModel, VLMInfo
 from vlft.specs import ModelSpec, QuantSpec
@@ -101,6 +102,7 @@ def _from_internvl_chat_dir(path, spec: ModelSpec, kwargs):
                                                 image_token_id=image_token_id, allow_ps_v1=True)
     official = INTERNVL.official_class().from_pretrained(
         None, config=INTERNVL.config_class()(**hf_config), state_dict=native, **kwargs)
+    official.config._name_or_path = str(path)  # the directory its preprocessor_config.json sits in
     return _decompose(official, spec), tokenizer
 
 
@@ -201,7 +203,8 @@ def official_info(config, *, where: str = "") -> VLMInfo:
                    select_layer=int(_feature_layer(config, prefix)), downsample_ratio=ratio,
                    tile_size=_first(vision.image_size), patch_size=_first(vision.patch_size),
                    select_strategy=strategy, prefix_tokens=vision_prefix_tokens(vision),
-                   ps_version=_ps_version(config, family, prefix), **anyres_fields(config))
+                   ps_version=_ps_version(config, family, prefix), **anyres_fields(config),
+                   **base_normalisation(getattr(config, "_name_or_path", None), vision.model_type))
     side = info.tile_size // info.patch_size
     if ratio != 1.0 and side * side + info.prefix_tokens - (strategy == "default") != side * side:
         raise CheckpointError(f"{prefix}vision_feature_select_strategy={strategy!r} with a {vision.model_type} "
@@ -218,7 +221,8 @@ def parts_info(spec: ModelSpec, family: Family, vision_config, tokenizer) -> VLM
                    select_layer=family.default_select_layer if select_layer is None else select_layer,
                    downsample_ratio=float(spec.connector.downsample_ratio),
                    tile_size=_first(vision_config.image_size), patch_size=_first(vision_config.patch_size),
-                   select_strategy="default" if prefix else "full", prefix_tokens=prefix)
+                   select_strategy="default" if prefix else "full", prefix_tokens=prefix,
+                   **base_normalisation(spec.vision.path, vision_config.model_type))
 
 
 def _ps_version(config, family: Family, prefix: str = "") -> str:

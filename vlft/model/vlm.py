@@ -39,6 +39,10 @@ class VLMInfo:
     grid_pinpoints: tuple = ()
     #: OneVision's "anyres_max_N" feature budget in tiles (None: LLaVA-NeXT, no budget).
     anyres_max_tiles: int | None = None
+    #: The base's pixel normalisation (its preprocessor_config.json, else its tower's usual values; see
+    #: vlft.model.normalisation); None: the family's (vlft.families.normalisation_of).
+    image_mean: tuple | None = None
+    image_std: tuple | None = None
 
     @property
     def anyres(self) -> AnyResGrid | None:
