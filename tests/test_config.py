@@ -227,7 +227,7 @@ def _silent_before(*params):
 
 @pytest.mark.parametrize("option, message", [
     *_traceback_before(
-        ("schedule.lr=-0.01", "schedule.lr must be positive, got -0.01"),
+        ("schedule.lr=-0.01", "schedule.lr must be >= 0 (0 changes no weight: an export fidelity check), got -0.01"),
         ("model.llm.lora.dropout=1.5", "model.llm.lora.dropout must be in [0, 1), got 1.5"),
         ("schedule.connector_lr=-1e-4", "schedule.connector_lr must be None or >= 0, got -0.0001"),
         ("schedule.vision_lr=-1e-4", "schedule.vision_lr must be None or >= 0, got -0.0001"),

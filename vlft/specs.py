@@ -243,7 +243,7 @@ class ScheduleSpec:
         _require(self.epochs > 0, "schedule.epochs", self.epochs, "positive (or set schedule.max_steps)")
         _optional_at_least(self.max_steps, 1, "schedule.max_steps")
         _optional_at_least(self.global_batch_size, 1, "schedule.global_batch_size")
-        _require(self.lr > 0, "schedule.lr", self.lr, "positive")
+        _require(self.lr >= 0, "schedule.lr", self.lr, ">= 0 (0 changes no weight: an export fidelity check)")
         for key in ("connector_lr", "vision_lr"):
             value = getattr(self, key)
             _require(value is None or value >= 0, f"schedule.{key}", value, "None or >= 0")

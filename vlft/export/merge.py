@@ -32,6 +32,8 @@ from vlft.export.hf_files import (MODEL_RECORD, export_template, exported_spec, 
                                   read_model_record, training_tiling, write_generation_config, write_model_record,
                                   write_tokenizer)
 from vlft.export.staging import check_output, staged_output
+from vlft.export.streaming import (NotStreamable, base_configs, check_streamable, export_name, merged_items,
+                                   streamable_base)
 from vlft.export.writers import ShardReport, human_size, parse_size, torch_dtype, write_sharded
 from vlft.model.base_fingerprint import check_checkpoint_base
 from vlft.model.internvl_chat import llm_arch_of_chat_config, llm_arch_of_text_type
@@ -90,7 +92,6 @@ class StreamedMerge:
 
     def items(self):
         """See merged_items."""
-        from vlft.export.streaming import merged_items
         from vlft.model.load import torch_dtype as model_dtype
 
         return merged_items(self.checkpoint, self.base, model_dtype=model_dtype(self.spec.model.dtype),
@@ -150,7 +151,6 @@ def streamed_merge(checkpoint: str | Path) -> StreamedMerge:
     """What the streamed merge needs (configs, tokenizer, provenance); NotStreamable for a parts base or an
     adapter using peft features the one-layer merge does not cover."""
     from vlft.config import spec_from_dict
-    from vlft.export.streaming import base_configs, check_streamable, streamable_base
     from vlft.model.load import load_tokenizer
     from vlft.model.trained_state import info_from_meta, read_checkpoint_meta
 
@@ -275,18 +275,12 @@ NESTED_VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
 def export_items(model: VisionLanguageModel):
     """(name, tensor) of the merged model as written, by reference (casting happens in the shard writer).
 
-    Names are the model's state-dict names, except that a CLIP/SigLIP tower is written in the canonical
-    ``vision_tower.vision_model.*`` layout, and the AnyRes connector's newline as the top-level
-    ``image_newline`` that LLaVA-NeXT / OneVision load (as ``model.image_newline``).
+    Names are the model's state-dict names as the -hf layout stores them (`streaming.export_name`).
     """
     nest = (model.vision_tower.config.model_type in NESTED_VISION_TYPES
             and not hasattr(model.vision_tower, "vision_model"))
     for name, tensor in model.state_dict().items():
-        if nest and name.startswith("vision_tower."):
-            name = "vision_tower.vision_model." + name.removeprefix("vision_tower.")
-        if name == "multi_modal_projector.image_newline":
-            name = "image_newline"
-        yield name, tensor
+        yield export_name(name, nest), tensor
 
 
 def export_state(model: VisionLanguageModel) -> dict:
@@ -326,7 +320,6 @@ def merge_checkpoint(checkpoint: str | Path, out: str | Path, *, dtype: str = "b
 
 def prepare_merge(checkpoint: str | Path) -> MergedModel | StreamedMerge:
     """The streamed merge where it applies, else the model merged in memory."""
-    from vlft.export.streaming import NotStreamable
 
     try:
         return streamed_merge(checkpoint)

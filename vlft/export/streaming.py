@@ -28,7 +28,9 @@ from vlft.model.trained_state import ADAPTERS, TRAINED_FILE
 _SAVED_PREFIXES = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
                    ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector."),
                    # LLaVA-NeXT / OneVision keep the newline beside the projector; vlft's connector holds it
-                   ("model.image_newline", "multi_modal_projector.image_newline"))
+                   # (transformers saves it top-level, as the hub's checkpoints have it)
+                   ("model.image_newline", "multi_modal_projector.image_newline"),
+                   ("image_newline", "multi_modal_projector.image_newline"))
 _EMBED = "language_model.model.embed_tokens.weight"
 _LM_HEAD = "language_model.lm_head.weight"
 _PEFT_PREFIX = "base_model.model."
@@ -213,7 +215,7 @@ def merged_items(checkpoint: Path, base: Path, *, model_dtype: torch.dtype, visi
             if name == _EMBED and keep_embed:
                 embed = tensor
             seen.add(name)
-            yield _export_name(name, nest), tensor
+            yield export_name(name, nest), tensor
         if _LM_HEAD not in seen and embed is not None:  # tied in the base; the written config unties it
             yield _LM_HEAD, embed
         if trained:
@@ -260,7 +262,12 @@ def _flat_name(name: str) -> str:
     return name
 
 
-def _export_name(name: str, nest: bool) -> str:
+def export_name(name: str, nest: bool) -> str:
+    """A vlft state-dict name as the -hf layout stores it: a CLIP/SigLIP tower (nest=True) in the canonical
+    ``vision_tower.vision_model.*`` layout, the AnyRes connector's newline as the top-level ``image_newline``
+    that LLaVA-NeXT / OneVision load (as ``model.image_newline``)."""
     if nest and name.startswith("vision_tower."):
         return "vision_tower.vision_model." + name.removeprefix("vision_tower.")
+    if name == "multi_modal_projector.image_newline":
+        return "image_newline"
     return name
