@@ -2,11 +2,9 @@
 image + the best pinpoint's grid), grid features unpadded with an `image_newline` per row (vlft.model.anyres)."""
 from __future__ import annotations
 
-from vlft.data.tiling import CLIP_MEAN, CLIP_STD
-from vlft.families.family import Family, ImageTokens
-from vlft.families.llava import _default_template
+import dataclasses
 
-IMAGE_TOKENS = ImageTokens(context_token="<image>")
+from vlft.families.llava import IMAGE_TOKENS, LLAVA
 #: LlavaNextImageProcessor's default canvases (llava-v1.6), (height, width).
 DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 
@@ -56,29 +54,19 @@ def _config_fields(info) -> dict:
             "image_grid_pinpoints": [list(p) for p in info.grid_pinpoints], "multimodal_projector_bias": True}
 
 
-LLAVA_NEXT = Family(
+# LLaVA's tower, tokens, normalisation and connector; its own class, processor and AnyRes tiling.
+LLAVA_NEXT = dataclasses.replace(
+    LLAVA,
     name="llava_next",
     display_name="LLaVA-NeXT",
     official_class_name="LlavaNextForConditionalGeneration",
     config_class_name="LlavaNextConfig",
     processor_class_name="LlavaNextProcessor",
     hf_layout="transformers-native LLaVA-NeXT",
-    image_token_field="image_token_index",
     computation_fields=("vision_feature_layer", "vision_feature_select_strategy", "image_grid_pinpoints",
                         "image_token_index"),
-    image_tokens=IMAGE_TOKENS,
-    named_tokens={"image_token": IMAGE_TOKENS.context_token},
-    new_tokens=(IMAGE_TOKENS.context_token,),
-    mean=CLIP_MEAN,
-    std=CLIP_STD,
-    default_select_layer=-2,
-    last_layer_is_output=False,
-    pixel_shuffle=False,
-    default_downsample_ratio=1.0,
     tiling_modes=("anyres",),
     default_tiling={"mode": "anyres", "grid_pinpoints": [list(p) for p in DEFAULT_PINPOINTS]},
-    export_targets=("hf", "lora"),
-    default_template=_default_template,
     tiling_from_preprocessor=_tiling_from_preprocessor,
     config_fields=_config_fields,
     processor_files=_processor_files,

@@ -2,10 +2,10 @@
 "anyres_max_N" budget: unpadded grid features larger than N tiles are shrunk (vlft.model.anyres)."""
 from __future__ import annotations
 
-from vlft.families.family import Family, ImageTokens
-from vlft.families.llava_next import _tiling_from_preprocessor
+import dataclasses
 
-IMAGE_TOKENS = ImageTokens(context_token="<image>")
+from vlft.families.llava import IMAGE_TOKENS
+from vlft.families.llava_next import LLAVA_NEXT
 #: SigLIP's normalisation, as LlavaOnevisionImageProcessor's defaults.
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -49,30 +49,22 @@ def _config_fields(info) -> dict:
             "vision_aspect_ratio": f"anyres_max_{info.anyres_max_tiles}", "multimodal_projector_bias": True}
 
 
-LLAVA_ONEVISION = Family(
+# LLaVA-NeXT's AnyRes with SigLIP's normalisation and last-layer features, OneVision's class and budget.
+LLAVA_ONEVISION = dataclasses.replace(
+    LLAVA_NEXT,
     name="llava_onevision",
     display_name="LLaVA-OneVision",
     official_class_name="LlavaOnevisionForConditionalGeneration",
     config_class_name="LlavaOnevisionConfig",
     processor_class_name="LlavaOnevisionProcessor",
     hf_layout="transformers-native LLaVA-OneVision",
-    image_token_field="image_token_index",
     computation_fields=("vision_feature_layer", "vision_feature_select_strategy", "image_grid_pinpoints",
                         "vision_aspect_ratio", "image_token_index"),
-    image_tokens=IMAGE_TOKENS,
-    named_tokens={"image_token": IMAGE_TOKENS.context_token},
-    new_tokens=(IMAGE_TOKENS.context_token,),
     mean=SIGLIP_MEAN,
     std=SIGLIP_STD,
     default_select_layer=-1,
-    last_layer_is_output=False,
-    pixel_shuffle=False,
-    default_downsample_ratio=1.0,
-    tiling_modes=("anyres",),
     default_tiling={"mode": "anyres"},
-    export_targets=("hf", "lora"),
     default_template=_default_template,
-    tiling_from_preprocessor=_tiling_from_preprocessor,
     config_fields=_config_fields,
     processor_files=_processor_files,
     processor_image_tokens=_processor_image_tokens,
