@@ -42,6 +42,16 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def pytest_configure(config):
+    """mmengine imports yapf, whose first import in a fresh environment writes its grammar pickle; two xdist
+    workers doing that at once can read a half-written file (EOFError at collection). The controller runs
+    this before it starts the workers, so the file exists by then."""
+    try:
+        import yapf  # noqa: F401
+    except ImportError:  # an mmengine without yapf: nothing to warm
+        pass
+
+
 def pytest_collection_modifyitems(items):
     """Battery cases carry their category on every report, so tools/battery.py can tally them under xdist."""
     for item in items:
