@@ -57,8 +57,12 @@ class DataPipeline:
 
     def tile_counts(self, sample: Sample) -> list[int]:
         """Tiles per image from the image headers only (no decoding); several images share the budget."""
+        return self.tile_counts_for_sizes(sample, [_image_size(path, sample) for path in sample.images])
+
+    def tile_counts_for_sizes(self, sample: Sample, sizes: Sequence[tuple[int, int]]) -> list[int]:
+        """Tiles per image of (width, height) each; several images share the sample's tile budget."""
         budget = shared_tile_budget(sample.max_tiles or self.tiling.max_tiles, max(1, len(sample.images)))
-        return [num_tiles(*_image_size(path, sample), self.tiling, max_tiles=budget) for path in sample.images]
+        return [num_tiles(width, height, self.tiling, max_tiles=budget) for width, height in sizes]
 
     def tokens_for(self, width: int, height: int, tiles: int) -> int:
         """Image tokens of one image of (width, height) cut into ``tiles`` tiles, by the model's rule."""

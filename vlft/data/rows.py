@@ -38,7 +38,7 @@ from vlft.data.encode import SampleError
 from vlft.data.formats import DatasetSource, ReadReport, ReadWarning, _maybe_meta, _repeat, _stem, read_samples
 from vlft.data.problems import MISSING_IMAGE, UNREADABLE_IMAGE
 from vlft.data.record import IMAGE_PLACEHOLDER, Sample, Turn
-from vlft.data.tiling import ImageError, ImageNotFoundError, num_tiles, read_image_header, shared_tile_budget
+from vlft.data.tiling import ImageError, ImageNotFoundError, read_image_header
 from vlft.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -367,12 +367,6 @@ def _encode_batch(batch: dict, *, pipeline) -> dict:
     return out
 
 
-def tile_counts_for_sizes(pipeline, sample: Sample, sizes: Sequence[tuple[int, int]]) -> list[int]:
-    """Tiles per image from (width, height) pairs; several images share the budget (as DataPipeline.tile_counts)."""
-    budget = shared_tile_budget(sample.max_tiles or pipeline.tiling.max_tiles, max(1, len(sample.images)))
-    return [num_tiles(w, h, pipeline.tiling, max_tiles=budget) for w, h in sizes]
-
-
 def encode_row(sample: Sample, pipeline) -> dict:
     """One row of the cache: ids, labels, image facts, and the problem that drops it (kind None: usable)."""
     headers, counts, kind, problem = [], [], None, None
@@ -383,7 +377,7 @@ def encode_row(sample: Sample, pipeline) -> dict:
         for path in sample.images:
             headers.append(read_image_header(path))
         sizes = [(h.width, h.height) for h in headers]
-        counts = tile_counts_for_sizes(pipeline, sample, sizes)
+        counts = pipeline.tile_counts_for_sizes(sample, sizes)
         encoded = pipeline.encode(sample, counts, sizes)
         ids, labels, image_tokens = encoded.input_ids, encoded.labels, encoded.num_image_tokens
     except SampleError as exc:

@@ -32,21 +32,29 @@ def _processor_files(info, tiling, common: dict) -> tuple[object, dict, list[str
     return image_processor, processor, warnings
 
 
-def _processor_image_tokens(image_processor, processor: dict, image) -> tuple[dict, int]:
-    """LlavaNextProcessor's count: base tokens + unpadded grid + one newline per row (its own function)."""
-    from transformers import LlavaNextProcessor
+def anyres_processor_count(processor_class: str, reads: dict, image_processor, processor: dict,
+                           image) -> tuple[dict, int]:
+    """(features, image tokens) as an AnyRes processor counts them: its own `_get_number_of_features`, on an
+    instance holding only the attributes it reads (a whole processor would need the tokenizer, which the
+    family hook is not given)."""
+    import transformers  # lazy module: only the processor class is loaded
 
     features = image_processor(images=[image], return_tensors="pt")
     height, width = (int(v) for v in features["image_sizes"][0])
-    # LlavaNextProcessor's own counting method, on an instance that holds only what it reads (a whole
-    # processor would need the tokenizer, which this hook is not given).
-    counter = object.__new__(LlavaNextProcessor)
+    counter = object.__new__(getattr(transformers, processor_class))
     counter.image_processor = image_processor
-    counter.patch_size = processor["patch_size"]
-    counter.num_additional_image_tokens = processor["num_additional_image_tokens"]
+    for name, value in reads.items():
+        setattr(counter, name, value)
     tile = features["pixel_values"].shape[-1]
     count = counter._get_number_of_features(height, width, tile, tile)
     return features, count - (processor["vision_feature_select_strategy"] == "default")
+
+
+def _processor_image_tokens(image_processor, processor: dict, image) -> tuple[dict, int]:
+    """LlavaNextProcessor's count: base tokens + unpadded grid + one newline per row."""
+    reads = {"patch_size": processor["patch_size"],
+             "num_additional_image_tokens": processor["num_additional_image_tokens"]}
+    return anyres_processor_count("LlavaNextProcessor", reads, image_processor, processor, image)
 
 
 def _config_fields(info) -> dict:

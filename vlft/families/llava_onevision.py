@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from vlft.families.llava import IMAGE_TOKENS
-from vlft.families.llava_next import LLAVA_NEXT
+from vlft.families.llava_next import LLAVA_NEXT, anyres_processor_count
 #: SigLIP's normalisation, as LlavaOnevisionImageProcessor's defaults.
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -29,18 +29,9 @@ def _processor_files(info, tiling, common: dict) -> tuple[object, dict, list[str
 
 
 def _processor_image_tokens(image_processor, processor: dict, image) -> tuple[dict, int]:
-    """LlavaOnevisionProcessor's own count, on an instance holding only what its method reads."""
-    from transformers import LlavaOnevisionProcessor
-
-    features = image_processor(images=[image], return_tensors="pt")
-    height, width = (int(v) for v in features["image_sizes"][0])
-    counter = object.__new__(LlavaOnevisionProcessor)
-    counter.image_processor = image_processor
-    counter.num_image_tokens = processor["num_image_tokens"]
-    counter.vision_aspect_ratio = processor["vision_aspect_ratio"]
-    tile = features["pixel_values"].shape[-1]
-    count = counter._get_number_of_features(height, width, tile, tile)
-    return features, count - (processor["vision_feature_select_strategy"] == "default")
+    """LlavaOnevisionProcessor's count (anyres_max shrinking included)."""
+    reads = {"num_image_tokens": processor["num_image_tokens"], "vision_aspect_ratio": processor["vision_aspect_ratio"]}
+    return anyres_processor_count("LlavaOnevisionProcessor", reads, image_processor, processor, image)
 
 
 def _config_fields(info) -> dict:

@@ -72,11 +72,19 @@ def _seeded(seed: int):
 def make_tiny_internvl_hf(out_dir: str | Path, *, llm: str = "qwen2", sizes: TinySizes = TinySizes(),
                           seed: int = 0) -> Path:
     """transformers-native InternVL (`InternVLForConditionalGeneration`) with a chatml tokenizer."""
+    return _save_internvl_hf(Path(out_dir), text_type=llm, sizes=sizes, seed=seed)
+
+
+def _save_internvl_hf(out_dir: Path, *, text_type: str, sizes: TinySizes, seed: int,
+                      extra_specials: tuple[str, ...] = ()) -> Path:
+    """An InternVL "-hf" checkpoint on a `text_type` LLM, saved by transformers itself."""
     from transformers import AutoConfig, InternVLConfig, InternVLForConditionalGeneration
 
-    out_dir = Path(out_dir)
     tokenizer = build_tiny_tokenizer(out_dir, family=INTERNVL.name, chat_style="chatml", vocab_size=sizes.vocab_size)
-    text_config = AutoConfig.for_model(**_text(sizes, llm, len(tokenizer)), **_special_ids(llm, tokenizer))
+    if extra_specials:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(extra_specials)})
+        tokenizer.save_pretrained(out_dir)
+    text_config = AutoConfig.for_model(**_text(sizes, text_type, len(tokenizer)), **_special_ids(text_type, tokenizer))
     config = InternVLConfig(vision_config=_vision_internvl(sizes), text_config=text_config.to_dict(),
                             image_token_id=tokenizer.context_image_token_id, downsample_ratio=0.5,
                             image_seq_length=(sizes.tile_size // 14 // 2) ** 2, vision_feature_layer=-1,
@@ -317,26 +325,11 @@ def make_tiny_internvl_chat_twin(out_dir: str | Path, *, llm: str = "internlm2",
     written by ``InternVLForConditionalGeneration.save_pretrained`` (InternLM2 as Llama), for the official
     class to be the oracle. As make_tiny_internvl_hf, plus the chat specials the shared vocabulary lacks.
     """
-    from transformers import AutoConfig, InternVLConfig, InternVLForConditionalGeneration
-
     from vlft.model.internvl_chat import llm_entry
 
-    out_dir = Path(out_dir)
     text_type = llm_entry(TINY_CHAT_LLMS[llm][0]).model_type
-    tokenizer = build_tiny_tokenizer(out_dir, family=INTERNVL.name, chat_style="chatml", vocab_size=sizes.vocab_size)
-    if llm == "phi3":
-        tokenizer.add_special_tokens({"additional_special_tokens": list(_PHI3_SPECIALS)})
-        tokenizer.save_pretrained(out_dir)
-    text_config = AutoConfig.for_model(**_text(sizes, text_type, len(tokenizer)), **_special_ids(text_type, tokenizer))
-    config = InternVLConfig(vision_config=_vision_internvl(sizes), text_config=text_config.to_dict(),
-                            image_token_id=tokenizer.context_image_token_id, downsample_ratio=0.5,
-                            image_seq_length=(sizes.tile_size // 14 // 2) ** 2, vision_feature_layer=-1,
-                            tie_word_embeddings=False)
-    _seeded(seed)
-    model = InternVLForConditionalGeneration(config)
-    _perturb_norms(model)
-    model.save_pretrained(out_dir)
-    return out_dir
+    return _save_internvl_hf(Path(out_dir), text_type=text_type, sizes=sizes, seed=seed,
+                             extra_specials=_PHI3_SPECIALS if llm == "phi3" else ())
 
 
 def _perturb_norms(model: torch.nn.Module) -> None:
