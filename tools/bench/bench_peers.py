@@ -81,6 +81,11 @@ def sizes_for(args):
 
     if args.tiny:
         return TinySizes()
+    if args.gpu:
+        # InternVL2-2B's widths and depths (InternViT-300M, 448 px tiles; a 2048-wide 24-layer LLM); the tiny
+        # writer's MLPs are 2x wide where 2B's are 4x, so this is about 1.5B parameters, random init.
+        return TinySizes(vision_hidden=1024, vision_layers=24, vision_heads=16, tile_size=448, text_hidden=2048,
+                         text_layers=24, text_heads=16, text_kv_heads=8, vocab_size=4096)
     if args.load:
         # 448 px tiles (1024 patches, 256 image tokens each); a text model small enough that pixels dominate.
         return TinySizes(vision_hidden=32, vision_layers=1, vision_heads=2, tile_size=448, text_hidden=64,
@@ -155,12 +160,23 @@ def make_load_images(root: Path, paths: dict, args) -> dict:
     return paths
 
 
+def precision(args) -> dict:
+    """fp32 + sdpa on CPU; on a GPU (`--gpu`) bf16 and flash-attention 2 when flash-attn is installed."""
+    if not args.gpu:
+        return {"dtype": "float32", "attn": "sdpa", "flash": False}
+    import importlib.util
+
+    flash = importlib.util.find_spec("flash_attn") is not None
+    return {"dtype": "bfloat16", "attn": "flash_attention_2" if flash else "sdpa", "flash": flash}
+
+
 def vlft_config(path: Path, base: Path, data: dict, kind: str, args, *, packing: bool) -> Path:
     tiling = ({"mode": "dynamic", "min_tiles": 1, "max_tiles": args.max_tiles} if kind == "internvl"
               else {"mode": "pad_square"})
     sections = {
-        "model": {"family": MODELS[kind].family, "path": str(base), "dtype": "float32", "attn_implementation": "sdpa",
-                  "connector": {"train": True},
+        "model": {"family": MODELS[kind].family, "path": str(base), "dtype": precision(args)["dtype"],
+                  "attn_implementation": precision(args)["attn"],
+                  "connector": {"train": True, **({} if kind == "internvl" else {"downsample_ratio": 1.0})},
                   "llm": {"train": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05,
                                                     "target_modules": list(LORA_TARGETS)}}},
         "data": {"datasets": [{"path": data["data"], "image_root": data["image_root"]}],
@@ -186,9 +202,11 @@ def llamafactory_config(path: Path, base: Path, data: dict, kind: str, args, out
         "logging_steps": 1, "save_strategy": "no", "per_device_train_batch_size": args.micro_batch,
         "gradient_accumulation_steps": args.accumulation, "learning_rate": 2e-4, "num_train_epochs": 1.0,
         "lr_scheduler_type": "cosine", "warmup_ratio": 0.03, "report_to": "none", "seed": 0, "bf16": False,
-        "fp16": False, "use_cpu": True, "flash_attn": "sdpa", "packing": packing, "neat_packing": packing,
+        "fp16": False, "use_cpu": not args.gpu, "packing": packing, "neat_packing": packing,
         "image_max_pixels": 4096 * 4096, "disable_tqdm": True, "plot_loss": False,
     }
+    mode = precision(args)
+    config.update(bf16=mode["dtype"] == "bfloat16", flash_attn="fa2" if mode["flash"] else "sdpa")
     path.write_text(json.dumps(config))
     return path
 
@@ -203,7 +221,8 @@ def swift_args(base: Path, data: dict, kind: str, args, out: Path, *, packing: b
         "truncation_strategy": "left", "per_device_train_batch_size": args.micro_batch,
         "gradient_accumulation_steps": args.accumulation, "learning_rate": 2e-4, "num_train_epochs": 1,
         "lr_scheduler_type": "cosine", "warmup_ratio": 0.03, "logging_steps": 1, "save_strategy": "no",
-        "torch_dtype": "float32", "attn_impl": "sdpa", "dataloader_num_workers": args.workers,
+        "torch_dtype": precision(args)["dtype"], "attn_impl": "flash_attn" if precision(args)["flash"] else "sdpa",
+        "dataloader_num_workers": args.workers,
         "dataset_num_proc": 1, "output_dir": str(out), "report_to": "none", "seed": 0, "use_hf": "true",
         "packing": "true" if packing else "false", "disable_tqdm": "true",
         "add_version": "false",
@@ -216,6 +235,8 @@ def swift_args(base: Path, data: dict, kind: str, args, out: Path, *, packing: b
 
 def child_vlft(config: str, events: str) -> None:
     """vlft's engine with the same records peer_probe.py writes for the peers."""
+    import torch
+
     from vlft.engine import progress
     from vlft.engine.train import train_from_config
     from vlft.model.vlm import VisionLanguageModel
@@ -241,8 +262,9 @@ def child_vlft(config: str, events: str) -> None:
     original_step = progress.TrainLog.step
 
     def step(log, number, **kw):
+        gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
         out.write(json.dumps({"event": "step", "step": number, "wall": time.time(), "cpu": time.process_time(),
-                              "samples": kw["samples"], "real": kw["tokens"], **pending}) + "\n")
+                              "gpu_peak_mb": gpu, "samples": kw["samples"], "real": kw["tokens"], **pending}) + "\n")
         out.write(json.dumps({"event": "loss", "step": number, "loss": float(kw["loss"])}) + "\n")
         pending.update(rows=0, computed=0)
         return original_step(log, number, **kw)
@@ -321,7 +343,8 @@ def summarise(events: Path, start: float, peak: float, warmup: int) -> dict:
             "real": sum(s["real"] for s in timed), "computed": sum(s["computed"] for s in timed),
             "all_real": sum(s["real"] for s in steps), "all_computed": sum(s["computed"] for s in steps),
             "all_samples": sum(s["samples"] for s in steps), "wall": wall, "cpu": cpu,
-            "startup": steps[0]["wall"] - start, "peak_rss_mb": peak, "trainable": params.get("trainable"),
+            "startup": steps[0]["wall"] - start, "peak_rss_mb": peak,
+            "gpu_peak_mb": max((s.get("gpu_peak_mb") or 0 for s in steps), default=0) or None, "trainable": params.get("trainable"),
             "first_loss": losses[0] if losses else None,
             "last_loss": sum(losses[-3:]) / len(losses[-3:]) if losses else None, "losses": losses}
 
@@ -332,9 +355,11 @@ def run_one(run: Run, ws: dict, kind: str, args, venvs: Path | None) -> None:
     events = work / "events.jsonl"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads),
-           "MKL_NUM_THREADS": str(args.threads), "CUDA_VISIBLE_DEVICES": "", "WANDB_DISABLED": "true",
+           "MKL_NUM_THREADS": str(args.threads), "WANDB_DISABLED": "true",
            "DISABLE_VERSION_CHECK": "1", "USE_MODELSCOPE_HUB": "0", "HF_DATASETS_CACHE": str(work / "hf-datasets"),
            "MODELSCOPE_CACHE": str(work / "modelscope"), "VLFT_CACHE_DIR": str(work / "vlft-cache")}
+    if not args.gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     if kind == "internvl":
         env.update(MAX_NUM=str(args.max_tiles), MIN_NUM="1")
     if run.tool == "vlft":
@@ -397,6 +422,10 @@ def print_table(kind: str, runs: list[Run], args) -> None:
         if run.failure:
             print(f"- {TOOLS[run.tool]} ({'packing' if run.packing else 'padding'}) cannot train {kind} here: "
                   f"{run.failure}")
+    for run in runs:
+        if run.result and run.result["gpu_peak_mb"]:
+            print(f"- {TOOLS[run.tool]} ({'packing' if run.packing else 'padding'}): peak GPU memory "
+                  f"{run.result['gpu_peak_mb']:.0f} MiB (torch.cuda.max_memory_allocated)")
     trainable = {r.result["trainable"] for r in runs if r.result}
     if len(trainable) > 1:
         print(f"- trainable-parameter counts differ: {sorted(trainable)}")
@@ -421,6 +450,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900, help="seconds one run may take")
     parser.add_argument("--load", action="store_true", help="the image-load table (448 px tiles, up to 12)")
     parser.add_argument("--tiny", action="store_true", help="toy sizes (CI smoke test), no figures")
+    parser.add_argument("--gpu", action="store_true",
+                        help="on one CUDA GPU: InternVL2-2B widths, bf16, flash-attention 2 when installed")
     parser.add_argument("--keep-logs", help="keep every run's folder (logs, events) under this directory")
     parser.add_argument("--child-vlft", help=argparse.SUPPRESS)
     parser.add_argument("--events", help=argparse.SUPPRESS)
@@ -433,10 +464,10 @@ def main() -> None:
         child_vlft(args.child_vlft, args.events)
         return
 
-    args.samples = args.samples or (8 if args.tiny else 48 if args.load else 96)
-    args.max_length = args.max_length or (4096 if args.load else 1024)
+    args.samples = args.samples or (8 if args.tiny else 48 if args.load else 400 if args.gpu else 96)
+    args.max_length = args.max_length or (4096 if args.load or args.gpu else 1024)
     args.max_tiles = args.max_tiles or (12 if args.load else 6)
-    args.workers = args.workers if args.workers is not None else (2 if args.load else 0)
+    args.workers = args.workers if args.workers is not None else (2 if args.load else 4 if args.gpu else 0)
     if args.tiny:
         args.micro_batch, args.accumulation, args.warmup_steps = 2, 1, 1
     venvs = Path(args.venvs) if args.venvs else None

@@ -38,6 +38,12 @@ def _real_tokens(inputs) -> int:
     return int(ids.numel())
 
 
+def gpu_peak_mb() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
 def install(events_path: str) -> None:
     import transformers
     import transformers.trainer_callback as trainer_callback
@@ -71,7 +77,7 @@ def install(events_path: str) -> None:
 
     def on_step_end(self, args, state, control):
         emit({"event": "step", "step": state.global_step, "wall": time.time(), "cpu": time.process_time(),
-              **pending})
+              "gpu_peak_mb": gpu_peak_mb(), **pending})
         for key in pending:
             pending[key] = 0
         return original_end(self, args, state, control)
