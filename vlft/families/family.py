@@ -71,6 +71,15 @@ class Family:
     #: (image processor, processor_config.json dict, PIL image) -> (its features, context tokens of the
     #: image), as the official processor computes them (what verify rebuilds the prompt with).
     processor_image_tokens: Callable[[object, dict, object], tuple[dict, int]] = field(repr=False, default=None)
+    #: `--to gguf`: the export layout llama.cpp's convert_hf_to_gguf.py (--mmproj) reads for this family, or
+    #: None when it reads none.
+    gguf_layout: str | None = None
+    #: (--to value, one line on why this family cannot be written in it: what the other tool lacks) pairs.
+    export_refusals: tuple[tuple[str, str], ...] = ()
+
+    def export_refusal(self, target: str) -> str | None:
+        """Why ``--to target`` cannot write this family (what the target's tool lacks), or None."""
+        return dict(self.export_refusals).get(target)
 
     @property
     def image_placeholder(self) -> str:
