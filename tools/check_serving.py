@@ -143,14 +143,18 @@ def gguf_worker(request_file: str) -> None:
     Path(request["answers"]).write_text(json.dumps(answers))
 
 
-def run_gguf(python: str, out: Path, cases: list[dict], *, max_tokens: int, stop_ids: list[int], scratch: Path,
-             timeout: int) -> list[dict]:
-    models = sorted(p for p in out.glob("*.gguf") if not p.name.startswith("mmproj-"))
+def run_gguf(python: str, out: Path, cases: list[dict], *, model: str | None, max_tokens: int, stop_ids: list[int],
+             scratch: Path, timeout: int) -> list[dict]:
+    """llama.cpp's answers from OUT's LLM GGUF (``model``, a file name in OUT; default the one the export
+    recorded, else the only one) and its mmproj."""
     mmproj = sorted(out.glob("mmproj-*.gguf"))
-    if not models or not mmproj:
-        raise RuntimeError(f"{out}: no <name>-<type>.gguf and mmproj-*.gguf pair (give a `vlft convert --to gguf` OUT)")
-    chosen = next((m for m in models if m.stem.endswith("-f16")), models[0])
-    return run_llama_cpp(python, {"model": str(chosen), "mmproj": str(mmproj[0]), "stop_ids": stop_ids}, cases,
+    models = sorted(p.name for p in out.glob("*.gguf") if not p.name.startswith("mmproj-"))
+    record = out / "vlft_gguf.json"
+    chosen = model or (json.loads(record.read_text())["llm"] if record.is_file() else models[0] if models else None)
+    if not mmproj or chosen not in models:
+        raise RuntimeError(f"{out}: no {chosen or '<name>-<type>.gguf'} and mmproj-*.gguf pair (give a "
+                           "`vlft convert --to gguf` OUT, and --gguf-model one of its GGUF files)")
+    return run_llama_cpp(python, {"model": str(out / chosen), "mmproj": str(mmproj[0]), "stop_ids": stop_ids}, cases,
                          max_tokens=max_tokens, scratch=scratch, timeout=timeout)
 
 
@@ -278,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=12)
     parser.add_argument("--vllm-python", default=os.environ.get("VLFT_VLLM_PYTHON"))
     parser.add_argument("--gguf", help="a `vlft convert --to gguf` OUT: ask llama.cpp instead of vLLM")
+    parser.add_argument("--gguf-model", help="with --gguf: which LLM file of OUT (default the unquantized one)")
     parser.add_argument("--source", help="with --gguf: the checkpoint `vlft chat` answers from (default: the one "
                                          "the export recorded in OUT/vlft_gguf.json)")
     parser.add_argument("--llama-cpp-python", default=os.environ.get("VLFT_LLAMA_CPP_PYTHON"))
@@ -323,7 +328,7 @@ def main_gguf(parser, args) -> int:
     cases = [{"image": str(Path(image).resolve()), "prompt": prompt} for image in args.image for prompt in args.prompt]
     with tempfile.TemporaryDirectory(prefix="check_serving_") as tmp:
         try:
-            theirs = run_gguf(args.llama_cpp_python, out, cases, max_tokens=args.max_tokens,
+            theirs = run_gguf(args.llama_cpp_python, out, cases, model=args.gguf_model, max_tokens=args.max_tokens,
                               stop_ids=stop_token_ids(source), scratch=Path(tmp), timeout=args.timeout)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             print(f"error: {exc}")

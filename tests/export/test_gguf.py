@@ -1,0 +1,276 @@
+"""`vlft convert --to gguf`: refusals, the missing converter, staging, and the Ollama Modelfile (always run, with a
+stand-in converter script that only writes files); llama.cpp's own converter and llama.cpp answering like `vlft
+chat` (opt-in: VLFT_LLAMA_CPP_PYTHON, a python with llama-cpp-python, and LLAMA_CPP_DIR, its llama.cpp source;
+see tools/bench/README.md)."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vlft.cli import main
+from vlft.data.encode import encode_prompt
+from vlft.data.record import Turn
+from vlft.data.templates import get_template
+from vlft.families import INTERNVL
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_CONVERTER = Path(__file__).with_name("gguf_tiny_converter.py")
+
+#: A converter stand-in: writes a few bytes to --outfile (and fails when told to, after a half-written file).
+FAKE_CONVERTER = '''
+import sys, os
+out = sys.argv[sys.argv.index("--outfile") + 1]
+open(out, "wb").write(b"GGUF" + b"\\0" * 16)
+if os.environ.get("FAKE_CONVERTER_FAILS"):
+    print("INFO:hf-to-gguf:Loading model: .converter-input", file=sys.stderr)
+    print("NotImplementedError: Architecture 'InternVLChatModel' not supported!", file=sys.stderr)
+    sys.exit(1)
+'''
+
+
+@pytest.fixture
+def fake_llama_cpp(tmp_path):
+    tree = tmp_path / "llama.cpp"
+    tree.mkdir()
+    (tree / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER)
+    return tree
+
+
+def _convert(ckpt, out, *extra):
+    return CliRunner().invoke(main, ["convert", str(ckpt), str(out), "--to", "gguf", *extra])
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(out.name))
+
+
+def test_a_llava_checkpoint_is_refused_in_one_line_naming_what_llama_cpp_lacks(train_ckpt, tmp_path, fake_llama_cpp):
+    out = tmp_path / "out"
+    result = _convert(train_ckpt("llava_lora"), out, "--llama-cpp", str(fake_llama_cpp))
+    assert result.exit_code != 0
+    assert "--mmproj has no LLaVA-1.5 projector" in result.output and "LLaVA model" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert _leftovers(out) == []
+
+
+def test_without_a_converter_one_line_says_how_to_get_one_and_nothing_is_written(train_ckpt, tmp_path, monkeypatch):
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    out = tmp_path / "out"
+    result = _convert(train_ckpt("chat_qwen2_lora"), out)
+    assert result.exit_code != 0
+    assert "pass --llama-cpp DIR or set LLAMA_CPP_DIR" in result.output and "pip download" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert _leftovers(out) == []
+
+
+def test_a_folder_without_the_converter_is_named(train_ckpt, tmp_path):
+    result = _convert(train_ckpt("chat_qwen2_lora"), tmp_path / "out", "--llama-cpp", str(tmp_path))
+    assert result.exit_code != 0 and f"{tmp_path}: no convert_hf_to_gguf.py there" in result.output
+
+
+def test_a_converter_that_cannot_read_the_layout_fails_in_one_line_and_leaves_nothing_half_written(
+        train_ckpt, tmp_path, fake_llama_cpp, monkeypatch):
+    monkeypatch.setenv("FAKE_CONVERTER_FAILS", "1")
+    out = tmp_path / "out"
+    result = _convert(train_ckpt("chat_qwen2_lora"), out, "--llama-cpp", str(fake_llama_cpp))
+    assert result.exit_code != 0
+    assert "NotImplementedError: Architecture 'InternVLChatModel' not supported!" in result.output
+    assert _leftovers(out) == []  # neither OUT nor OUT.tmp-<pid> with the half-written GGUF
+
+
+def test_quantize_without_llama_quantize_is_one_line(train_ckpt, tmp_path, fake_llama_cpp, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    out = tmp_path / "out"
+    result = _convert(train_ckpt("chat_qwen2_lora"), out, "--llama-cpp", str(fake_llama_cpp), "--quantize", "q4_k_m")
+    assert result.exit_code != 0 and "--quantize needs llama-quantize" in result.output
+    assert _leftovers(out) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# The Modelfile, read as Ollama would: FROM lines, and the TEMPLATE run by a reader of its Go-template subset
+
+
+def _go_render(template: str, system: str, messages: list[dict]) -> str:
+    """Ollama's rendering of the subset a vlft Modelfile uses: if/else/end, eq .Role, range .Messages, fields."""
+    tokens = re.split(r"({{.*?}})", template)
+    pos = 0
+
+    def block(scope: dict, stop: tuple[str, ...]) -> tuple[str, str]:
+        nonlocal pos
+        text = []
+        while pos < len(tokens):
+            token = tokens[pos]
+            pos += 1
+            if not token.startswith("{{"):
+                text.append(token)
+                continue
+            action = token[2:-2].strip()
+            if action in stop or action.startswith("else if") and "else" in stop:
+                return "".join(text), action
+            if action.startswith("if "):
+                text.append(conditional(scope, action[3:]))
+            elif action == "range .Messages":
+                start, out = pos, []
+                for message in messages:
+                    pos = start
+                    out.append(block({**scope, **message}, ("end",))[0])
+                if not messages:
+                    block(scope, ("end",))
+                text.append("".join(out))
+            elif action.startswith("."):
+                text.append(scope[action[1:]])
+            else:
+                raise AssertionError(f"unexpected action {action!r}")
+        return "".join(text), ""
+
+    def test(scope, condition) -> bool:
+        if condition.startswith("eq "):
+            field, value = condition[3:].split(" ", 1)
+            return scope[field[1:]] == json.loads(value)
+        return bool(scope[condition[1:]])
+
+    def conditional(scope, condition) -> str:
+        taken = None
+        while True:
+            body, ended = block(scope, ("else", "end"))
+            if taken is None and test(scope, condition):
+                taken = body
+            if ended == "end":
+                return taken or ""
+            if ended.startswith("else if"):
+                condition = ended[len("else if "):]
+            else:  # plain else
+                body, _ = block(scope, ("end",))
+                return taken if taken is not None else body
+
+    return block({"System": system}, ())[0]
+
+
+def _modelfile(path: Path) -> dict:
+    text = path.read_text()
+    template = re.search(r'^TEMPLATE """(.*?)"""$', text, re.S | re.M).group(1)
+    return {"from": re.findall(r"^FROM (.+)$", text, re.M), "template": template,
+            "stop": [json.loads(s) for s in re.findall(r"^PARAMETER stop (.+)$", text, re.M)]}
+
+
+@pytest.fixture(scope="module")
+def gguf_out(train_ckpt, tmp_path_factory):
+    tree = tmp_path_factory.mktemp("llama_cpp")
+    (tree / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER)
+    out = tmp_path_factory.mktemp("gguf") / "food"
+    result = _convert(train_ckpt("chat_qwen2_lora"), out, "--llama-cpp", str(tree))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_the_export_writes_both_gguf_files_the_modelfile_and_the_tiling_line(gguf_out, train_ckpt):
+    names = sorted(p.name for p in gguf_out.iterdir())
+    assert names == ["Modelfile", "food-f16.gguf", "mmproj-food-f16.gguf", "vlft_gguf.json"]
+    record = json.loads((gguf_out / "vlft_gguf.json").read_text())
+    assert record["source"] == str(train_ckpt("chat_qwen2_lora").resolve())
+    assert "no larger than 56x56 px" in record["tiling_warning"]
+
+
+def test_the_modelfile_names_existing_files_and_the_templates_stop_tokens(gguf_out):
+    modelfile = _modelfile(gguf_out / "Modelfile")
+    assert modelfile["from"] == ["./food-f16.gguf", "./mmproj-food-f16.gguf"]
+    assert all((gguf_out / name).is_file() for name in modelfile["from"])
+    assert modelfile["stop"] == ["<|im_end|>", "<|endoftext|>"]
+
+
+@pytest.mark.parametrize("system", ["", "You are a food expert."])
+def test_the_modelfile_template_renders_the_training_prompt_ids_of_a_two_turn_conversation(gguf_out, train_ckpt,
+                                                                                          system):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(train_ckpt("chat_qwen2_lora"))
+    turns = [Turn("user", "What dish is this?"), Turn("assistant", "Dumplings."), Turn("user", "And the sauce?")]
+    template = get_template("internvl2_5")
+    training = encode_prompt(turns, tokenizer, template, image_tokens=INTERNVL.image_tokens, tokens_per_image=[],
+                             system_prompt=system or None)
+    rendered = _go_render(_modelfile(gguf_out / "Modelfile")["template"], system,
+                          [{"Role": t.role, "Content": t.text} for t in turns])
+    assert tokenizer(rendered, add_special_tokens=False)["input_ids"] == training
+
+
+# ------------------------------------------------------------------------------------------------
+# llama.cpp itself (opt-in)
+
+LLAMA_CPP_PYTHON = os.environ.get("VLFT_LLAMA_CPP_PYTHON")
+LLAMA_CPP_DIR = os.environ.get("LLAMA_CPP_DIR")
+needs_llama_cpp = pytest.mark.skipif(
+    not (LLAMA_CPP_PYTHON and Path(LLAMA_CPP_PYTHON).exists() and LLAMA_CPP_DIR),
+    reason="set VLFT_LLAMA_CPP_PYTHON (a python with llama-cpp-python) and LLAMA_CPP_DIR (its llama.cpp source; "
+           "see tools/bench/README.md) to run llama.cpp")
+
+#: Held-out odd sizes no larger than the 56 px tile, near square: where llama.cpp tiles as training did.
+ODD_SIZES = [(41, 47), (53, 45), (55, 55), (47, 39), (49, 43), (37, 31), (51, 53), (45, 56)]
+
+
+@pytest.fixture(scope="module")
+def real_converter(tmp_path_factory):
+    """llama.cpp's converter, unchanged, told the tiny tokenizer's pre-tokenizer (see gguf_tiny_converter.py)."""
+    from vlft.export.target_gguf import find_llama_cpp
+
+    tree = tmp_path_factory.mktemp("llama_cpp_real")
+    real = find_llama_cpp(LLAMA_CPP_DIR).root
+    (tree / "convert_hf_to_gguf.py").write_text(TINY_CONVERTER.read_text().replace("REAL_LLAMA_CPP", str(real)))
+    return tree
+
+
+@pytest.fixture(scope="module")
+def demo_ckpt(tmp_path_factory):
+    """The demo's base (-hf InternVL on Qwen2, LM head scaled so greedy answers are not near ties) with a 4-layer
+    tower, trained-like: llama.cpp's converter names the projector's mlp1.N by block index, so the demo's own
+    2-layer tower has no name for mlp1.3."""
+    import dataclasses
+
+    from tests.export.conftest import build_train_checkpoint
+    from vlft.demo import DemoPlan, make_demo_base
+
+    plan = DemoPlan()
+    plan = dataclasses.replace(plan, sizes=dataclasses.replace(plan.sizes, vision_layers=4))
+    root = tmp_path_factory.mktemp("gguf_demo")
+    base = make_demo_base(root / "base", plan)
+    return build_train_checkpoint(base, root / "ckpt", family="internvl", template="internvl2_5",
+                                  data={"tiling": {"max_tiles": 3}})
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+
+    root, rng = tmp_path_factory.mktemp("odd_images"), np.random.default_rng(0)
+    paths = []
+    for w, h in ODD_SIZES:
+        paths.append(root / f"odd_{w}x{h}.png")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def _check_serving(out: Path, images, model: str | None = None) -> tuple[int, int, str]:
+    command = [sys.executable, str(ROOT / "tools" / "check_serving.py"), "--gguf", str(out), "--llama-cpp-python",
+               LLAMA_CPP_PYTHON, "--prompt", "What dish is this?", "--max-tokens", "8"]
+    command += [arg for image in images for arg in ("--image", str(image))]
+    command += ["--gguf-model", model] if model else []
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    verdict = re.search(r"(PASS|FAIL): (\d+) of (\d+)", done.stdout)
+    assert verdict, done.stdout + done.stderr
+    return int(verdict.group(2)), int(verdict.group(3)), done.stdout
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("outtype, at_least", [("f16", 8), ("q8_0", 7)])
+def test_llama_cpp_answers_like_vlft_chat_from_the_gguf_its_converter_wrote(demo_ckpt, real_converter,
+                                                                          odd_images, tmp_path, outtype, at_least):
+    out = tmp_path / "gguf"
+    result = _convert(demo_ckpt, out, "--llama-cpp", str(real_converter), "--outtype", outtype)
+    assert result.exit_code == 0, result.output
+    equal, total, table = _check_serving(out, odd_images)
+    assert total == 8 and equal >= at_least, table
