@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from vlft.errors import CheckpointError
-from vlft.families import family_of_config
+from vlft.families import FAMILIES, family_of_config
 
 
 class Layout(enum.Enum):
@@ -14,6 +14,8 @@ class Layout(enum.Enum):
     HF_LLAVA = "transformers-native LLaVA"
     HF_LLAVA_NEXT = "transformers-native LLaVA-NeXT"
     HF_LLAVA_ONEVISION = "transformers-native LLaVA-OneVision"
+    HF_IDEFICS3 = "transformers-native Idefics3"
+    HF_SMOLVLM = "transformers-native SmolVLM"
     INTERNVL_CHAT = "original InternVL-chat"
     VISION = "vision encoder"
     LLM = "language model"
@@ -22,7 +24,7 @@ class Layout(enum.Enum):
 
 #: The transformers-native ("-hf") layouts of a whole VLM, one per family: what build_vlm, the streamed merge,
 #: `--to lora` and `vlft chat` read alike.
-WHOLE_HF_LAYOUTS = (Layout.HF_INTERNVL, Layout.HF_LLAVA, Layout.HF_LLAVA_NEXT, Layout.HF_LLAVA_ONEVISION)
+WHOLE_HF_LAYOUTS = tuple(Layout(family.hf_layout) for family in FAMILIES.values())
 
 #: ("intern_vit_6b": OpenGVLab's InternViT release, read by vlft.model.vision_dirs without its remote code.)
 VISION_TYPES = {"internvl_vision", "clip_vision_model", "siglip_vision_model", "intern_vit_6b"}

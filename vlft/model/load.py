@@ -11,7 +11,7 @@ from vlft.errors import CheckpointError
 from vlft.families import INTERNVL, Family, family_named, family_of_layout
 from vlft.model.connector import PS_VERSIONS, Connector
 from vlft.model.internvl_chat import PS_VERSION_KEY, internvl_chat_to_native
-from vlft.model.layouts import Layout, detect_layout, read_safetensors_dir, safetensors_files
+from vlft.model.layouts import WHOLE_HF_LAYOUTS, Layout, detect_layout, read_safetensors_dir, safetensors_files
 from vlft.model.anyres import anyres_fields, with_image_newline
 from vlft.model.normalisation import base_normalisation
 from vlft.model.vision_dirs import load_vision_encoder, vision_config
@@ -19,7 +19,7 @@ from vlft.model.vlm import VisionLanguageModel, VLMInfo
 from vlft.specs import ModelSpec, QuantSpec
 
 #: Tokens a vision tower puts before its patches (a CLS token) where it is not one; SigLIP has none.
-VISION_PREFIX_TOKENS = {"siglip_vision_model": 0}
+VISION_PREFIX_TOKENS = {"siglip_vision_model": 0, "idefics3_vision": 0, "smolvlm_vision": 0}
 SELECT_STRATEGIES = ("default", "full")
 
 
@@ -77,7 +77,7 @@ def build_vlm(spec: ModelSpec, *, quantize: bool = True, tokenizer_dir: str | Pa
                   quantization_config=quant)
     if spec.path is not None:
         layout = detect_layout(spec.path)
-        if layout in (Layout.HF_INTERNVL, Layout.HF_LLAVA, Layout.HF_LLAVA_NEXT, Layout.HF_LLAVA_ONEVISION):
+        if layout in WHOLE_HF_LAYOUTS:
             safetensors_files(spec.path)  # one line for pickle-only, missing or truncated weights
             return _from_official_dir(spec.path, layout, spec, kwargs)
         if layout is Layout.INTERNVL_CHAT:
@@ -112,27 +112,32 @@ def _decompose(official, spec: ModelSpec) -> VisionLanguageModel:
 
     config = official.config
     inner = official.model
+    family = family_named(config.model_type)
+    tower_name, connector_name, llm_name = family.official_parts
     with torch.device("meta"):
         language_model = AutoModelForCausalLM.from_config(config.text_config)
-    language_model.model = inner.language_model
+    language_model.model = getattr(inner, llm_name)
     language_model.lm_head = official.lm_head
     for flag in ("is_loaded_in_4bit", "is_loaded_in_8bit", "hf_quantizer", "quantization_method"):
         if hasattr(official, flag):
             setattr(language_model, flag, getattr(official, flag))
     language_model.config = config.text_config
     info = official_info(config)
-    projector = _connector_like(config.vision_config.hidden_size, config.text_config.hidden_size,
-                                info.downsample_ratio,
-                                dtype=official.lm_head.weight.dtype if not _is_quantized(official.lm_head) else None,
-                                ps_version=info.ps_version)
-    missing, unexpected = projector.load_state_dict(inner.multi_modal_projector.state_dict(), strict=False)
-    if unexpected or [k for k in missing if not k.startswith("act")]:
-        raise CheckpointError(f"connector weights do not fit: missing {missing}, unexpected {unexpected}")
+    if family.keeps_official_connector:
+        projector = getattr(inner, connector_name)
+    else:
+        projector = _connector_like(config.vision_config.hidden_size, config.text_config.hidden_size,
+                                    info.downsample_ratio,
+                                    dtype=official.lm_head.weight.dtype if not _is_quantized(official.lm_head)
+                                    else None, ps_version=info.ps_version)
+        missing, unexpected = projector.load_state_dict(getattr(inner, connector_name).state_dict(), strict=False)
+        if unexpected or [k for k in missing if not k.startswith("act")]:
+            raise CheckpointError(f"connector weights do not fit: missing {missing}, unexpected {unexpected}")
     if hasattr(inner, "image_newline"):  # LLaVA-NeXT / OneVision: the newline joins the connector
         projector = with_image_newline(projector, inner.image_newline)
     if spec.vision.select_layer is not None:
         info = VLMInfo(**{**info.__dict__, "select_layer": spec.vision.select_layer})
-    model = VisionLanguageModel(inner.vision_tower, projector, language_model, info)
+    model = VisionLanguageModel(getattr(inner, tower_name), projector, language_model, info)
     _check_no_meta(model)
     return model
 
@@ -199,6 +204,9 @@ def official_info(config, *, where: str = "") -> VLMInfo:
         raise CheckpointError(f"{prefix}vision_feature_select_strategy={strategy!r} is not one of "
                               f"{', '.join(SELECT_STRATEGIES)}")
     ratio = float(getattr(config, "downsample_ratio", 1.0)) if family.pixel_shuffle else 1.0
+    named_otherwise = family.info_from_config(config) if family.info_from_config else {}
+    ratio = named_otherwise.get("downsample_ratio", ratio)
+    strategy = named_otherwise.get("select_strategy", strategy)
     info = VLMInfo(family=family.name, image_token_id=int(getattr(config, family.image_token_field)),
                    select_layer=int(_feature_layer(config, prefix)), downsample_ratio=ratio,
                    tile_size=_first(vision.image_size), patch_size=_first(vision.patch_size),
