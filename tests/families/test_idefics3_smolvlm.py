@@ -43,13 +43,14 @@ def _data(root: Path, sizes=SIZES[:4]) -> Path:
     return root / "train.json"
 
 
-def _config(tmp_path: Path, base: Path, family: str, *, lr: float = 1e-3, **tiling) -> Path:
+def _config(tmp_path: Path, base: Path, family: str, *, train_connector: bool = True, **tiling) -> Path:
     sections = {
         "model": {"family": family, "path": str(base), "attn_implementation": "eager",
+                  "connector": {"train": train_connector},
                   "llm": {"train": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}},
         "data": {"datasets": [{"path": str(_data(tmp_path / "data"))}], "template": "chatml",
                  "max_length": 1024, "tiling": {"mode": "split", **tiling}},
-        "schedule": {"max_steps": 2, "micro_batch_size": 2, "gradient_accumulation": 1, "lr": lr},
+        "schedule": {"max_steps": 2, "micro_batch_size": 2, "gradient_accumulation": 1, "lr": 1e-3},
         "engine": {"save_steps": 2, "logging_steps": 1, "sample_every": 2, "sample_max_new_tokens": 2,
                    "sample_prompts": [{"image": str(tmp_path / "data" / "0.png"), "prompt": "What is it?"}]},
     }
@@ -150,7 +151,7 @@ def test_prompt_ids_are_the_official_processors(bases, tmp_path, family, longest
 
 @pytest.mark.battery("model-dirs", was="traceback")
 @pytest.mark.parametrize("family", FAMILIES)
-def test_check_data_train_merge_and_convert_to_hf_and_lora_verify(bases, tmp_path, family):
+def test_check_data_train_merge_and_convert_to_hf_verify(bases, tmp_path, family):
     base = bases[family]
     config = _config(tmp_path, base, family)
     runner = CliRunner()
@@ -171,8 +172,19 @@ def test_check_data_train_merge_and_convert_to_hf_and_lora_verify(bases, tmp_pat
     assert written["architectures"] == original["architectures"]
     assert {f: written[f] for f in ("scale_factor", "image_token_id")} == \
         {f: original[f] for f in ("scale_factor", "image_token_id")}
-    lora = tmp_path / "lora"
-    result = runner.invoke(main, ["convert", str(work / "checkpoint-2"), str(lora), "--to", "lora", "--verify"])
+
+
+@pytest.mark.battery("model-dirs", was="traceback")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_llm_lora_run_exports_to_lora_and_verifies_on_the_official_class(bases, tmp_path, family):
+    config = _config(tmp_path, bases[family], family, train_connector=False)
+    runner = CliRunner()
+    work = tmp_path / "work"
+    result = runner.invoke(main, ["train", str(config), "--work-dir", str(work), "--deepspeed", "none"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert (lora / "adapter_model.safetensors").is_file()
+    out = tmp_path / "lora"
+    result = runner.invoke(main, ["convert", str(work / "checkpoint-2"), str(out), "--to", "lora", "--verify"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert json.loads((out / "vlft_lora.json").read_text())["layout"] == "hf"
+    assert (out / "adapter_model.safetensors").is_file()
 
