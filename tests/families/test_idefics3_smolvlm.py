@@ -188,3 +188,50 @@ def test_an_llm_lora_run_exports_to_lora_and_verifies_on_the_official_class(base
     assert json.loads((out / "vlft_lora.json").read_text())["layout"] == "hf"
     assert (out / "adapter_model.safetensors").is_file()
 
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chat_replies_as_model_generate_on_the_training_prompt(bases, tmp_path, family):
+    from vlft.data.prompt import generation_prompt, stop_kwargs
+    from vlft.data.record import Sample, Turn
+    from vlft.infer.loading import load_for_inference
+
+    image = tmp_path / "wide.png"
+    _image(97, 33).save(image)
+    result = CliRunner().invoke(main, ["chat", str(bases[family]), "--image", str(image), "--prompt", "What is it?",
+                                       "--max-new-tokens", "5"])
+    assert result.exit_code == 0, result.output
+    model, pipeline = load_for_inference(bases[family])
+    assert pipeline.tiling.mode == "split" and pipeline.tiling.longest_edge == 224  # the base's preprocessor
+    sample = Sample("t", "test", "test", (Turn("user", "<image>\nWhat is it?"),), (str(image),))
+    ids = generation_prompt(pipeline, sample.turns, pipeline.tile_counts(sample), image_sizes=[(97, 33)])
+    kwargs = stop_kwargs(pipeline.tokenizer, pipeline.template)
+    new = model.generate(torch.tensor([ids]), pipeline.pixels(sample), torch.ones(1, len(ids), dtype=torch.long),
+                         max_new_tokens=5, do_sample=False, pad_token_id=pipeline.tokenizer.pad_token_id,
+                         **kwargs)[0].tolist()
+    stops = [i for i, token in enumerate(new) if token in kwargs["eos_token_id"]]
+    reply = pipeline.tokenizer.decode(new[:stops[0]] if stops else new, skip_special_tokens=True)
+    assert result.stdout == reply + "\n"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eval_batched_equals_one_by_one_and_the_web_view_shows_the_split(bases, tmp_path, family):
+    from vlft.data.record import Sample, Turn
+    from vlft.infer.evaluate import evaluate_model, read_eval_file
+    from vlft.infer.image_view import describe, image_views
+    from vlft.infer.loading import load_for_inference
+
+    rows = []
+    for i, (width, height) in enumerate(SIZES[:3]):
+        _image(width, height).save(tmp_path / f"{i}.png")
+        rows.append({"id": f"q{i}", "image": f"{i}.png", "question": "Which?", "choices": ["a", "b"], "answer": "A"})
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = read_eval_file(tmp_path / "eval.jsonl", image_root=tmp_path)
+    model, pipeline = load_for_inference(bases[family])
+    one = evaluate_model(model, pipeline, items, name="m", batch_size=1, max_new_tokens=4, progress=False)
+    many = evaluate_model(model, pipeline, items, name="m", batch_size=3, max_new_tokens=4, progress=False)
+    assert [p.reply for p in one.predictions] == [p.reply for p in many.predictions]
+    sample = Sample("t", "test", "test", (Turn("user", "<image>\nWhich?"),), (str(tmp_path / "0.png"),))
+    view, = image_views(pipeline, sample)
+    assert (view.grid, len(view.tiles), view.image_tokens) == ((4, 2), 9, 36)  # 97 x 33: 2 rows of 4 + global
+    assert "grid 4×2 + global image" in describe(view, 1, pipeline)

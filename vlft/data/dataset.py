@@ -58,7 +58,7 @@ class DataPipeline:
     @property
     def counts_by_size(self) -> bool:
         """Whether an image's tokens follow its size, not only its tile count (AnyRes packing, split grids)."""
-        return self.anyres is not None or self.tiling.mode == "split"
+        return self.anyres is not None or getattr(self.tiling, "mode", None) == "split"
 
     def tile_counts(self, sample: Sample) -> list[int]:
         """Tiles per image from the image headers only (no decoding); several images share the budget."""
