@@ -99,8 +99,9 @@ def _processor_image_tokens(image_processor, processor: dict, image) -> tuple[di
 
 
 def _info_from_config(config) -> dict:
-    # No CLS token and no feature-layer choice: the tower's output (after its post-norm) feeds the connector.
-    return {"downsample_ratio": 1.0 / int(config.scale_factor), "select_strategy": "full"}
+    # No CLS token (its tower is SigLIP's) and no feature-layer choice: the tower's output, after its post-norm,
+    # feeds the connector.
+    return {"downsample_ratio": 1.0 / int(config.scale_factor), "select_strategy": "full", "prefix_tokens": 0}
 
 
 def _config_fields(info) -> dict:

@@ -9,17 +9,15 @@ from vlft.errors import CheckpointError
 from vlft.families import FAMILIES, family_of_config
 
 
-class Layout(enum.Enum):
-    HF_INTERNVL = "transformers-native InternVL"
-    HF_LLAVA = "transformers-native LLaVA"
-    HF_LLAVA_NEXT = "transformers-native LLaVA-NeXT"
-    HF_LLAVA_ONEVISION = "transformers-native LLaVA-OneVision"
-    HF_IDEFICS3 = "transformers-native Idefics3"
-    HF_SMOLVLM = "transformers-native SmolVLM"
-    INTERNVL_CHAT = "original InternVL-chat"
-    VISION = "vision encoder"
-    LLM = "language model"
-    CHECKPOINT = "vlft training checkpoint"
+#: One "-hf" layout per family (HF_INTERNVL, HF_LLAVA, ..., named after Family.name), so a new family needs no
+#: entry here; then the layouts no family owns.
+Layout = enum.Enum("Layout", {
+    **{f"HF_{family.name.upper()}": family.hf_layout for family in FAMILIES.values()},
+    "INTERNVL_CHAT": "original InternVL-chat",
+    "VISION": "vision encoder",
+    "LLM": "language model",
+    "CHECKPOINT": "vlft training checkpoint",
+}, module=__name__)
 
 
 #: The transformers-native ("-hf") layouts of a whole VLM, one per family: what build_vlm, the streamed merge,

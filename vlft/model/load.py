@@ -1,6 +1,7 @@
 """Build the composed VLM from a model spec: a whole checkpoint (any supported layout) or parts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from vlft.model.vlm import VisionLanguageModel, VLMInfo
 from vlft.specs import ModelSpec, QuantSpec
 
 #: Tokens a vision tower puts before its patches (a CLS token) where it is not one; SigLIP has none.
-VISION_PREFIX_TOKENS = {"siglip_vision_model": 0, "idefics3_vision": 0, "smolvlm_vision": 0}
+VISION_PREFIX_TOKENS = {"siglip_vision_model": 0}
 SELECT_STRATEGIES = ("default", "full")
 
 
@@ -204,17 +205,17 @@ def official_info(config, *, where: str = "") -> VLMInfo:
         raise CheckpointError(f"{prefix}vision_feature_select_strategy={strategy!r} is not one of "
                               f"{', '.join(SELECT_STRATEGIES)}")
     ratio = float(getattr(config, "downsample_ratio", 1.0)) if family.pixel_shuffle else 1.0
-    named_otherwise = family.info_from_config(config) if family.info_from_config else {}
-    ratio = named_otherwise.get("downsample_ratio", ratio)
-    strategy = named_otherwise.get("select_strategy", strategy)
     info = VLMInfo(family=family.name, image_token_id=int(getattr(config, family.image_token_field)),
                    select_layer=int(_feature_layer(config, prefix)), downsample_ratio=ratio,
                    tile_size=_first(vision.image_size), patch_size=_first(vision.patch_size),
                    select_strategy=strategy, prefix_tokens=vision_prefix_tokens(vision),
                    ps_version=_ps_version(config, family, prefix), **anyres_fields(config),
                    **base_normalisation(getattr(config, "_name_or_path", None), vision.model_type))
+    if family.info_from_config is not None:  # fields its config names otherwise (Idefics3's scale_factor)
+        info = dataclasses.replace(info, **family.info_from_config(config))
     side = info.tile_size // info.patch_size
-    if ratio != 1.0 and side * side + info.prefix_tokens - (strategy == "default") != side * side:
+    if info.downsample_ratio != 1.0 and \
+            side * side + info.prefix_tokens - (info.select_strategy == "default") != side * side:
         raise CheckpointError(f"{prefix}vision_feature_select_strategy={strategy!r} with a {vision.model_type} "
                               "tower leaves no square patch grid for the pixel shuffle")
     return info
