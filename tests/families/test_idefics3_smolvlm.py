@@ -235,3 +235,21 @@ def test_eval_batched_equals_one_by_one_and_the_web_view_shows_the_split(bases, 
     view, = image_views(pipeline, sample)
     assert (view.grid, len(view.tiles), view.image_tokens) == ((4, 2), 9, 36)  # 97 x 33: 2 rows of 4 + global
     assert "grid 4×2 + global image" in describe(view, 1, pipeline)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_qlora_quantizes_the_llm_only_by_the_official_module_names(bases, family):
+    import re
+
+    from torch import nn
+
+    from vlft.families import family_named
+    from vlft.model.load import quantization_config
+    from vlft.specs import QuantSpec
+
+    skip = quantization_config(QuantSpec(bits=4), family_named(family)).llm_int8_skip_modules
+    official = family_named(family).official_class().from_pretrained(str(bases[family]))
+    kept = {name for name, module in official.named_modules() if isinstance(module, nn.Linear)
+            and any(re.match(pattern, name) for pattern in skip)}
+    linears = {name for name, module in official.named_modules() if isinstance(module, nn.Linear)}
+    assert kept == {name for name in linears if not name.startswith("model.text_model.")}

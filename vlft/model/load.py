@@ -28,14 +28,16 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def quantization_config(quant: QuantSpec | None):
-    """bitsandbytes settings for the LLM only: the vision tower, connector and lm_head stay unquantized."""
+def quantization_config(quant: QuantSpec | None, family: Family):
+    """bitsandbytes settings for the LLM only: the vision tower, connector and lm_head stay unquantized (by the
+    names the family's official class gives them)."""
     if quant is None:
         return None
     from transformers import BitsAndBytesConfig
 
     # transformers matches these as regexes from the start of the module name (or as suffixes)
-    keep = [".*vision_tower", ".*multi_modal_projector", "lm_head"]
+    tower, connector, _ = family.official_parts
+    keep = [f".*{tower}", f".*{connector}", "lm_head"]
     if quant.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
@@ -73,7 +75,7 @@ def build_vlm(spec: ModelSpec, *, quantize: bool = True, tokenizer_dir: str | Pa
     quantize=False loads the LLM in full precision even if the spec asks for QLoRA (merging needs that).
     tokenizer_dir: a checkpoint's saved tokenizer, which already holds any tokens training added.
     """
-    quant = quantization_config(spec.llm.quantization) if quantize else None
+    quant = quantization_config(spec.llm.quantization, family_named(spec.family)) if quantize else None
     kwargs = dict(dtype=torch_dtype(spec.dtype), attn_implementation=spec.attn_implementation,
                   quantization_config=quant)
     if spec.path is not None:
