@@ -43,12 +43,13 @@ def _data(root: Path, sizes=SIZES[:4]) -> Path:
     return root / "train.json"
 
 
-def _config(tmp_path: Path, base: Path, family: str, *, train_connector: bool = True, **tiling) -> Path:
+def _config(tmp_path: Path, base: Path, family: str, *, train_connector: bool = True, template: str = "smolvlm",
+            **tiling) -> Path:
     sections = {
         "model": {"family": family, "path": str(base), "attn_implementation": "eager",
                   "connector": {"train": train_connector},
                   "llm": {"train": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}},
-        "data": {"datasets": [{"path": str(_data(tmp_path / "data"))}], "template": "chatml",
+        "data": {"datasets": [{"path": str(_data(tmp_path / "data"))}], "template": template,
                  "max_length": 1024, "tiling": {"mode": "split", **tiling}},
         "schedule": {"max_steps": 2, "micro_batch_size": 2, "gradient_accumulation": 1, "lr": 1e-3},
         "engine": {"save_steps": 2, "logging_steps": 1, "sample_every": 2, "sample_max_new_tokens": 2,
@@ -133,7 +134,7 @@ def test_prompt_ids_are_the_official_processors(bases, tmp_path, family, longest
     from vlft.data.record import Turn
     from vlft.model.facts import model_facts
 
-    spec = load_config(_config(tmp_path, bases[family], family, longest_edge=longest_edge))
+    spec = load_config(_config(tmp_path, bases[family], family, template="chatml", longest_edge=longest_edge))
     info, tokenizer = model_facts(spec.model)
     pipeline = pipeline_from_spec(spec, tokenizer, info)
     image_processor = _official_image_processor(family)
@@ -203,6 +204,7 @@ def test_chat_replies_as_model_generate_on_the_training_prompt(bases, tmp_path, 
     assert result.exit_code == 0, result.output
     model, pipeline = load_for_inference(bases[family])
     assert pipeline.tiling.mode == "split" and pipeline.tiling.longest_edge == 224  # the base's preprocessor
+    assert pipeline.template.name == "smolvlm"  # the family's default on a tokenizer without a chat template
     sample = Sample("t", "test", "test", (Turn("user", "<image>\nWhat is it?"),), (str(image),))
     ids = generation_prompt(pipeline, sample.turns, pipeline.tile_counts(sample), image_sizes=[(97, 33)])
     kwargs = stop_kwargs(pipeline.tokenizer, pipeline.template)

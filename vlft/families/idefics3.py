@@ -51,7 +51,8 @@ NAMED_TOKENS = {"image_token": IMAGE_TOKENS.context_token, "fake_image_token": F
 
 
 def _default_template(text_type: str, tokenizer) -> str:
-    return "chatml"
+    # Idefics3-8B sits on Llama 3 (its tokenizer's BOS); SmolVLM on SmolLM2.
+    return "idefics3" if getattr(tokenizer, "bos_token", None) == "<|begin_of_text|>" else "smolvlm"
 
 
 def _tiling_from_preprocessor(pre: dict) -> dict:
