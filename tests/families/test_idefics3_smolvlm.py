@@ -255,3 +255,19 @@ def test_qlora_quantizes_the_llm_only_by_the_official_module_names(bases, family
             and any(re.match(pattern, name) for pattern in skip)}
     linears = {name for name, module in official.named_modules() if isinstance(module, nn.Linear)}
     assert kept == {name for name in linears if not name.startswith("model.text_model.")}
+
+
+def test_a_tile_marker_written_in_the_text_drops_the_sample_in_one_line(bases, tmp_path):
+    from vlft.config import load_config
+    from vlft.data.dataset import build_dataset
+    from vlft.model.facts import model_facts
+
+    config = _config(tmp_path, bases["smolvlm"], "smolvlm")
+    rows = json.loads((tmp_path / "data" / "train.json").read_text())
+    rows[0]["conversations"][0]["value"] = "<image>\nWhat is <row_1_col_2>?"
+    (tmp_path / "data" / "train.json").write_text(json.dumps(rows))
+    spec = load_config(config)
+    info, tokenizer = model_facts(spec.model)
+    dataset = build_dataset(spec, tokenizer, info, cache=False)
+    assert len(dataset) == 3
+    assert any(":0:" in p and "<row_1_col_2> literally" in p for p in dataset.stats.problems), dataset.stats.problems

@@ -170,6 +170,13 @@ def _encode(pieces: list[tuple[str, bool]], tokenizer, image_tokens: ImageTokens
             raise SampleError(f"{where}: the text contains {image_tokens.start_token} or {image_tokens.end_token} "
                               "literally; only <image> placeholders may mark images")
         run_ends = ([start_id], [end_id])
+    if image_tokens.marker_tokens and need_ids:
+        present = set(ids)
+        literal = [token for token in image_tokens.marker_tokens
+                   if _token_id(tokenizer, token, required=False) in present]
+        if literal:
+            raise SampleError(f"{where}: the text contains {literal[0]} literally, which marks image tiles; only "
+                              "<image> placeholders may mark images")
 
     input_ids: list[int] = []
     labels: list[int] = []

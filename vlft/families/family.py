@@ -21,6 +21,8 @@ class ImageTokens:
     #: Families that mark each tile of a "split" image (Idefics3 / SmolVLM): (tokenizer, rows, cols, tokens
     #: per tile) -> the image's whole run of ids, as their processor writes it; rows = cols = 0: one tile.
     split_run: Callable[[object, int, int, int], list[int]] | None = field(default=None, repr=False, compare=False)
+    #: Tokens besides start/end that only an image run may hold (the tile markers of split_run).
+    marker_tokens: tuple[str, ...] = ()
 
     def __post_init__(self):
         if (self.start_token is None) != (self.end_token is None):

@@ -45,7 +45,8 @@ def _split_run(tokenizer, rows: int, cols: int, tokens_per_tile: int) -> list[in
     return run + _ids(tokenizer, "\n\n") + global_image
 
 
-IMAGE_TOKENS = ImageTokens(context_token="<image>", split_run=_split_run)
+IMAGE_TOKENS = ImageTokens(context_token="<image>", split_run=_split_run,
+                           marker_tokens=(FAKE_TOKEN, GLOBAL_TOKEN, *ROW_COL_TOKENS))
 NAMED_TOKENS = {"image_token": IMAGE_TOKENS.context_token, "fake_image_token": FAKE_TOKEN,
                 "global_image_token": GLOBAL_TOKEN, "end_of_utterance_token": END_OF_UTTERANCE}
 
