@@ -34,7 +34,7 @@ from vlft.export.staging import check_output, staged_output
 from vlft.export.target_interface import ExportTarget
 from vlft.export.verify import VerifyError, training_prompt
 from vlft.export.writers import iter_safetensors_dir
-from vlft.families import Family, family_named, family_of_layout
+from vlft.families import Family, family_of_layout
 from vlft.model.internvl_chat import Heads, fused_rule, iter_chat_to_native, llm_arch_of_chat_config, llm_entry
 from vlft.model.internvl_chat.keys import native_to_chat_slot
 from vlft.model.base_fingerprint import check_checkpoint_base
@@ -322,10 +322,8 @@ def verify_lora_logits(adapter: Path, base: Path, merged, *, atol: float = 1e-5)
     loaded = sum(1 for name, _ in served.named_parameters() if "lora_A" in name)
     if loaded != len(json.loads((adapter / ADAPTER_CONFIG).read_text())["target_modules"]):
         raise VerifyError(f"{adapter}: peft found {loaded} of the adapter's modules in the official class")
-    their_inputs = {**prompt.image_inputs,
-                    "pixel_values": family_named(model.info.family).official_image_inputs(prompt.pixel_values)}
     with torch.no_grad():
-        got = served(input_ids=ids, **their_inputs).logits[0].float()
+        got = served(input_ids=ids, **prompt.official_inputs(model.info.family)).logits[0].float()
     diff = float((got - want).abs().max())
     if not diff <= atol:
         raise VerifyError(f"{adapter}: the adapter on {type(official).__name__} gives other logits than the merged "

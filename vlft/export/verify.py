@@ -122,6 +122,11 @@ class TrainingPrompt:
         sizes = {} if self.image_sizes is None else {"image_sizes": self.image_sizes}
         return {"pixel_values": self.pixel_values, **sizes}
 
+    def official_inputs(self, family: str) -> dict:
+        """image_inputs as the family's official class takes them (pixels per sample for Idefics3 / SmolVLM)."""
+        return {**self.image_inputs,
+                "pixel_values": family_named(family).official_image_inputs(self.pixel_values)}
+
 
 def training_prompt(spec, tokenizer, info) -> TrainingPrompt:
 
@@ -177,8 +182,7 @@ def verify_hf_export(out: str | Path, *, atol: float = 1e-4, new_tokens: int = 1
     del ours
 
     theirs = _load_official(out, info.family)
-    their_inputs = {**prompt.image_inputs,
-                    "pixel_values": family_named(info.family).official_image_inputs(prompt.pixel_values)}
+    their_inputs = prompt.official_inputs(info.family)
     with torch.no_grad():
         their_logits = theirs(input_ids=ids, **their_inputs).logits[0].float()
         generated = theirs.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **their_inputs,
