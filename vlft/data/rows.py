@@ -447,26 +447,32 @@ _MISSING = (-1, -1)
 def _image_stat(path: str) -> tuple[int, int]:
     """(size, mtime_ns) of an image; (-1, -1) when it cannot be stat'ed."""
     try:
-        st = os.stat(path)
+        size, mtime = _stat(path)
     except OSError:
         return _MISSING
-    return st.st_size, st.st_mtime_ns
+    return size, mtime
 
 
 def rows_with_changed_images(table: pa.Table) -> np.ndarray:
     """The rows (sorted) with an image whose size or mtime is not what the row recorded: replaced, touched,
-    appeared or gone. One os.stat per distinct path, no decode."""
+    appeared or gone. One os.stat per image, no decode; a plain loop (a million stats: the syscall is the cost,
+    a dict of seen paths or numpy per item would cost more than it saves)."""
     images = table.column("images")
     counts = pc.fill_null(pc.list_value_length(images), 0).to_numpy(zero_copy_only=False)
-    if not counts.sum():
-        return np.zeros(0, np.int64)
     paths = pc.list_flatten(images).to_pylist()
-    recorded = np.stack([pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False)
-                         for name in ("image_bytes", "image_mtimes")], axis=1)
-    seen: dict[str, tuple[int, int]] = {}
-    now = np.array([seen[p] if p in seen else seen.setdefault(p, _image_stat(p)) for p in paths], dtype=np.int64)
-    changed = (now != recorded).any(axis=1)
-    return np.unique(np.repeat(np.arange(len(counts)), counts)[changed])
+    sizes = pc.list_flatten(table.column("image_bytes")).to_pylist()
+    mtimes = pc.list_flatten(table.column("image_mtimes")).to_pylist()
+    changed, stat = [], os.stat
+    for i, path in enumerate(paths):
+        try:
+            st = stat(path)
+        except OSError:
+            if sizes[i] != _MISSING[0]:
+                changed.append(i)
+            continue
+        if st.st_size != sizes[i] or st.st_mtime_ns != mtimes[i]:
+            changed.append(i)
+    return np.unique(np.repeat(np.arange(len(counts)), counts)[changed]) if changed else np.zeros(0, np.int64)
 
 
 def _encode_again(opened: disk.OpenedCache, changed: np.ndarray, sources, pipeline, *, seed: int, root: Path,
