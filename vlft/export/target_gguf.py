@@ -90,7 +90,7 @@ def find_llama_cpp(given: str | Path | None) -> LlamaCpp:
 def check_gguf_source(peek: dict, source: Path) -> None:
     family = family_named(peek["family"])
     if family.gguf_layout is None:  # check_target refuses it first; kept for a direct caller
-        raise CheckpointError(f"--to gguf: {family.gguf_refusal}")
+        raise CheckpointError(f"--to gguf: {family.export_refusal('gguf') or family.display_name + ' has no GGUF layout'}")
     if family.gguf_layout == "internvl-chat":
         check_internvl_chat_source(peek, source)
     if peek.get("ps_version", "v2") != "v2":
