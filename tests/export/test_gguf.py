@@ -61,7 +61,7 @@ def test_a_llava_checkpoint_is_refused_in_one_line_naming_what_llama_cpp_lacks(t
 def test_without_a_converter_one_line_says_how_to_get_one_and_nothing_is_written(train_ckpt, tmp_path, monkeypatch):
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     out = tmp_path / "out"
-    result = _convert(train_ckpt("chat_qwen2_lora"), out)
+    result = _convert(train_ckpt("chat_qwen2_gguf_lora"), out)
     assert result.exit_code != 0
     assert "pass --llama-cpp DIR or set LLAMA_CPP_DIR" in result.output and "pip download" in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -69,7 +69,7 @@ def test_without_a_converter_one_line_says_how_to_get_one_and_nothing_is_written
 
 
 def test_a_folder_without_the_converter_is_named(train_ckpt, tmp_path):
-    result = _convert(train_ckpt("chat_qwen2_lora"), tmp_path / "out", "--llama-cpp", str(tmp_path))
+    result = _convert(train_ckpt("chat_qwen2_gguf_lora"), tmp_path / "out", "--llama-cpp", str(tmp_path))
     assert result.exit_code != 0 and f"{tmp_path}: no convert_hf_to_gguf.py there" in result.output
 
 
@@ -77,16 +77,26 @@ def test_a_converter_that_cannot_read_the_layout_fails_in_one_line_and_leaves_no
         train_ckpt, tmp_path, fake_llama_cpp, monkeypatch):
     monkeypatch.setenv("FAKE_CONVERTER_FAILS", "1")
     out = tmp_path / "out"
-    result = _convert(train_ckpt("chat_qwen2_lora"), out, "--llama-cpp", str(fake_llama_cpp))
+    result = _convert(train_ckpt("chat_qwen2_gguf_lora"), out, "--llama-cpp", str(fake_llama_cpp))
     assert result.exit_code != 0
     assert "NotImplementedError: Architecture 'InternVLChatModel' not supported!" in result.output
     assert _leftovers(out) == []  # neither OUT nor OUT.tmp-<pid> with the half-written GGUF
 
 
+def test_a_tower_of_fewer_than_4_layers_is_refused_in_one_line_before_the_converter_runs(train_ckpt, tmp_path,
+                                                                                          fake_llama_cpp):
+    out = tmp_path / "out"
+    result = _convert(train_ckpt("chat_qwen2_lora"), out, "--llama-cpp", str(fake_llama_cpp))
+    assert result.exit_code != 0
+    assert "the vision tower has 2 layer(s); llama.cpp's converter names the projector's mlp1.3" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert _leftovers(out) == []
+
+
 def test_quantize_without_llama_quantize_is_one_line(train_ckpt, tmp_path, fake_llama_cpp, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     out = tmp_path / "out"
-    result = _convert(train_ckpt("chat_qwen2_lora"), out, "--llama-cpp", str(fake_llama_cpp), "--quantize", "q4_k_m")
+    result = _convert(train_ckpt("chat_qwen2_gguf_lora"), out, "--llama-cpp", str(fake_llama_cpp), "--quantize", "q4_k_m")
     assert result.exit_code != 0 and "--quantize needs llama-quantize" in result.output
     assert _leftovers(out) == []
 
@@ -163,7 +173,7 @@ def gguf_out(train_ckpt, tmp_path_factory):
     tree = tmp_path_factory.mktemp("llama_cpp")
     (tree / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER)
     out = tmp_path_factory.mktemp("gguf") / "food"
-    result = _convert(train_ckpt("chat_qwen2_lora"), out, "--llama-cpp", str(tree))
+    result = _convert(train_ckpt("chat_qwen2_gguf_lora"), out, "--llama-cpp", str(tree))
     assert result.exit_code == 0, result.output
     return out
 
@@ -172,7 +182,7 @@ def test_the_export_writes_both_gguf_files_the_modelfile_and_the_tiling_line(ggu
     names = sorted(p.name for p in gguf_out.iterdir())
     assert names == ["Modelfile", "food-f16.gguf", "mmproj-food-f16.gguf", "vlft_gguf.json"]
     record = json.loads((gguf_out / "vlft_gguf.json").read_text())
-    assert record["source"] == str(train_ckpt("chat_qwen2_lora").resolve())
+    assert record["source"] == str(train_ckpt("chat_qwen2_gguf_lora").resolve())
     assert "no larger than 56x56 px" in record["tiling_warning"]
 
 
@@ -188,7 +198,7 @@ def test_the_modelfile_template_renders_the_training_prompt_ids_of_a_two_turn_co
                                                                                           system):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(train_ckpt("chat_qwen2_lora"))
+    tokenizer = AutoTokenizer.from_pretrained(train_ckpt("chat_qwen2_gguf_lora"))
     turns = [Turn("user", "What dish is this?"), Turn("assistant", "Dumplings."), Turn("user", "And the sauce?")]
     template = get_template("internvl2_5")
     training = encode_prompt(turns, tokenizer, template, image_tokens=INTERNVL.image_tokens, tokens_per_image=[],
@@ -223,40 +233,97 @@ def real_converter(tmp_path_factory):
     return tree
 
 
-@pytest.fixture(scope="module")
-def demo_ckpt(tmp_path_factory):
-    """The demo's base (-hf InternVL on Qwen2, LM head scaled so greedy answers are not near ties) with a 4-layer
-    tower, trained-like: llama.cpp's converter names the projector's mlp1.N by block index, so the demo's own
-    2-layer tower has no name for mlp1.3."""
-    import dataclasses
-
-    from tests.export.conftest import build_train_checkpoint
-    from vlft.demo import DemoPlan, make_demo_base
+def _trained(base: Path, work: Path, data: dict, *, template: str) -> Path:
+    """`vlft train` of the demo's config on ``base`` with the demo's dish images: a checkpoint whose greedy answer
+    (an option letter) depends on the image, as a fine-tuned model's does; a random one's are near ties that
+    any rounding flips."""
+    from vlft.demo import DemoPlan, demo_config
+    from vlft.engine.train import train_from_config
 
     plan = DemoPlan()
-    plan = dataclasses.replace(plan, sizes=dataclasses.replace(plan.sizes, vision_layers=4))
+    options = [f"model.path={base}", f"data.template={template}",
+               f"data.datasets=[{{'path': {str(data['train'])!r}, 'image_root': {str(data['train'].parent)!r}}}]",
+               f"model.llm.lora.r={plan.lora_r}", f"model.llm.lora.alpha={2 * plan.lora_r}",
+               f"schedule.max_steps={plan.steps}", f"schedule.lr={plan.lr}",
+               f"schedule.micro_batch_size={plan.micro_batch_size}", f"schedule.seed={plan.seed}",
+               f"engine.save_steps={plan.steps}"]
+    return Path(train_from_config(demo_config(), work_dir=str(work), cfg_options=options).checkpoint)
+
+
+#: The demo's sizes with a 4-layer tower: llama.cpp's converter names the projector's mlp1.N by vision block index.
+def _sizes():
+    import dataclasses
+
+    from vlft.demo import DemoPlan
+
+    return dataclasses.replace(DemoPlan().sizes, vision_layers=4)
+
+
+@pytest.fixture(scope="module")
+def dish_data(tmp_path_factory):
+    from vlft.demo import DemoPlan
+    from vlft.demo_data import write_dish_dataset
+
+    plan = DemoPlan()
+    return write_dish_dataset(tmp_path_factory.mktemp("dishes"), n_train=plan.n_train, n_test=8,
+                              n_dishes=plan.n_dishes, image_size=plan.sizes.tile_size, seed=plan.seed)
+
+
+@pytest.fixture(scope="module")
+def demo_ckpt(tmp_path_factory, dish_data):
+    """The demo (its -hf InternVL base on Qwen2, LM head scaled, trained as `vlft demo` trains it)."""
+    import dataclasses
+
+    from vlft.demo import DemoPlan, make_demo_base
+
     root = tmp_path_factory.mktemp("gguf_demo")
-    base = make_demo_base(root / "base", plan)
-    return build_train_checkpoint(base, root / "ckpt", family="internvl", template="internvl2_5",
-                                  data={"tiling": {"max_tiles": 3}})
+    base = make_demo_base(root / "base", dataclasses.replace(DemoPlan(), sizes=_sizes()))
+    return _trained(base, root / "train", dish_data, template="internvl2_5")
+
+
+@pytest.fixture(scope="module")
+def internlm2_ckpt(tmp_path_factory, dish_data):
+    """An original-layout InternVL-chat base on InternLM2 (InternVL2-2B's layout and template), its tokenizer a
+    SentencePiece tokenizer.model with the image tokens added past it as InternVL2 has them, the LM head scaled
+    as the demo's, trained as the demo is."""
+    from safetensors.torch import load_file, save_file
+
+    from vlft.demo import DemoPlan
+    from vlft.tiny.checkpoints import make_tiny_internvl_chat
+
+    root = tmp_path_factory.mktemp("gguf_internlm2")
+    base = make_tiny_internvl_chat(root / "base", llm="internlm2", sizes=_sizes(), sentencepiece=True)
+    weights = base / "model.safetensors"
+    state = load_file(str(weights))
+    state["language_model.output.weight"] = state["language_model.output.weight"] * DemoPlan().lm_head_scale
+    save_file(state, str(weights), metadata={"format": "pt"})
+    return _trained(base, root / "train", dish_data, template="internlm2-chat")
 
 
 @pytest.fixture(scope="module")
 def odd_images(tmp_path_factory):
-    import numpy as np
-    from PIL import Image
+    """Eight held-out dishes (two of each, seeds unseen in training) at odd sizes no larger than the tile."""
+    import random
 
-    root, rng = tmp_path_factory.mktemp("odd_images"), np.random.default_rng(0)
+    from vlft.demo import DemoPlan
+    from vlft.demo_data import DISHES, draw_dish
+
+    plan, root, rng = DemoPlan(), tmp_path_factory.mktemp("odd_images"), random.Random("gguf-held-out")
     paths = []
-    for w, h in ODD_SIZES:
-        paths.append(root / f"odd_{w}x{h}.png")
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    for i, (w, h) in enumerate(ODD_SIZES):
+        dish = DISHES[i % plan.n_dishes]
+        paths.append(root / f"{dish.name}_{w}x{h}.png")
+        draw_dish(dish, rng, plan.sizes.tile_size).resize((w, h)).save(paths[-1])
     return paths
 
 
 def _check_serving(out: Path, images, model: str | None = None) -> tuple[int, int, str]:
+    from vlft.demo import DemoPlan
+    from vlft.demo_data import DISHES, QUESTIONS, question_text
+
+    prompt = question_text(QUESTIONS[0], [d.name for d in DISHES[:DemoPlan().n_dishes]])
     command = [sys.executable, str(ROOT / "tools" / "check_serving.py"), "--gguf", str(out), "--llama-cpp-python",
-               LLAMA_CPP_PYTHON, "--prompt", "What dish is this?", "--max-tokens", "8"]
+               LLAMA_CPP_PYTHON, "--prompt", prompt, "--max-tokens", "8"]
     command += [arg for image in images for arg in ("--image", str(image))]
     command += ["--gguf-model", model] if model else []
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -266,11 +333,14 @@ def _check_serving(out: Path, images, model: str | None = None) -> tuple[int, in
 
 
 @needs_llama_cpp
+@pytest.mark.parametrize("checkpoint", ["demo_ckpt", "internlm2_ckpt"])
 @pytest.mark.parametrize("outtype, at_least", [("f16", 8), ("q8_0", 7)])
-def test_llama_cpp_answers_like_vlft_chat_from_the_gguf_its_converter_wrote(demo_ckpt, real_converter,
+def test_llama_cpp_answers_like_vlft_chat_from_the_gguf_its_converter_wrote(request, checkpoint, real_converter,
                                                                           odd_images, tmp_path, outtype, at_least):
     out = tmp_path / "gguf"
-    result = _convert(demo_ckpt, out, "--llama-cpp", str(real_converter), "--outtype", outtype)
+    result = _convert(request.getfixturevalue(checkpoint), out, "--llama-cpp", str(real_converter),
+                      "--outtype", outtype)
     assert result.exit_code == 0, result.output
     equal, total, table = _check_serving(out, odd_images)
+    print(f"\n{checkpoint} {outtype}: {equal} of {total}\n{table}")
     assert total == 8 and equal >= at_least, table

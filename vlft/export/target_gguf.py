@@ -154,6 +154,9 @@ def write_gguf(staging: Path, merged: MergedModel | StreamedMerge, *, dtype: str
     (folder / "preprocessor_config.json").write_text(json.dumps(
         {"image_mean": list(mean), "image_std": list(std), "size": {"height": tile, "width": tile}}, indent=2) + "\n")
 
+    check_converter_folder(folder)
+    write_converter_tokenizer(folder, merged)
+
     llm_file = staging / f"{name}-{outtype}.gguf"
     mmproj_file = staging / f"mmproj-{name}-f16.gguf"
     run_converter(tree, folder, llm_file, outtype=outtype)
@@ -175,6 +178,57 @@ def write_gguf(staging: Path, merged: MergedModel | StreamedMerge, *, dtype: str
     report = ShardReport(weight_map={}, shard_bytes=sizes, total_bytes=sum(sizes.values()),
                          total_parameters=written.report.total_parameters)
     return Written(report, warnings)
+
+
+def check_converter_folder(folder: Path) -> None:
+    """Refuse what the converter would stop on half-way: its tensor map names the projector's mlp1.0 / .1 / .3
+    as vision blocks (``mlp1.{bid}``), so a tower of fewer than 4 layers has no name for mlp1.3."""
+    vision = json.loads((folder / "config.json").read_text()).get("vision_config", {})
+    layers = vision.get("num_hidden_layers", 4)
+    if layers < 4:
+        raise CheckpointError(f"--to gguf: the vision tower has {layers} layer(s); llama.cpp's converter names the "
+                              "projector's mlp1.3 by vision block index, so it needs a tower of at least 4 layers")
+
+
+def write_converter_tokenizer(folder: Path, merged) -> None:
+    """What the converter reads of the tokenizer beyond the layout's files.
+
+    - add_bos_token / add_eos_token false: every vlft template writes its own specials (internlm2-chat its
+      "<s>") and vlft tokenizes with none added, so llama.cpp must add none either.
+    - a SentencePiece tokenizer.model, where the checkpoint or its base has one (llama.cpp's InternLM2
+      converter reads only that; transformers' save writes only tokenizer.json), with a piece for every id past
+      its own up to the LLM's vocab_size: InternVL2 adds <img> ... after InternLM2's vocabulary, and the
+      converter asks SentencePiece for every id below vocab_size. Added tokens keep their text (the converter
+      marks them as the tokenizer says), the ids no token uses are [UNUSED_TOKEN_<id>].
+    """
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(add_bos_token=False, add_eos_token=False)
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    sources = [Path(p) for p in (merged.provenance.get("source"), merged.provenance.get("base_model")) if p]
+    model_file = next((p / "tokenizer.model" for p in sources if (p / "tokenizer.model").is_file()), None)
+    if model_file is None:
+        return
+    chat_config = json.loads((folder / "config.json").read_text())
+    vocab_size = chat_config.get("llm_config", chat_config.get("text_config", chat_config))["vocab_size"]
+    (folder / "tokenizer.model").write_bytes(padded_sentencepiece(model_file.read_bytes(), vocab_size,
+                                                                  merged.tokenizer.get_vocab()))
+
+
+def padded_sentencepiece(model: bytes, vocab_size: int, vocab: dict[str, int]) -> bytes:
+    """The SentencePiece model with a piece for each id from its own size up to ``vocab_size``: the
+    tokenizer's token of that id (user-defined), else an unused [UNUSED_TOKEN_<id>]."""
+    from sentencepiece import sentencepiece_model_pb2  # optional: only a SentencePiece tokenizer needs it
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model)
+    kind = sentencepiece_model_pb2.ModelProto.SentencePiece.Type
+    by_id = {i: token for token, i in vocab.items()}
+    for i in range(len(proto.pieces), vocab_size):
+        piece = proto.pieces.add()
+        piece.piece, piece.score = by_id.get(i, f"[UNUSED_TOKEN_{i}]"), 0.0
+        piece.type = kind.USER_DEFINED if i in by_id else kind.UNUSED
+    return proto.SerializeToString()
 
 
 def run_converter(tree: LlamaCpp, folder: Path, out_file: Path, *, outtype: str, mmproj: bool = False) -> None:
