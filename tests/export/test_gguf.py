@@ -5,6 +5,7 @@ see tools/bench/README.md)."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -358,3 +359,16 @@ def test_llama_cpp_answers_like_vlft_chat_from_the_gguf_its_converter_wrote(requ
     equal, total, table = _check_serving(out, odd_images)
     print(f"\n{checkpoint} {outtype}: {equal} of {total}\n{table}")
     assert total == 8 and equal >= at_least, table
+
+
+@needs_llama_cpp
+@pytest.mark.skipif(not shutil.which("llama-quantize"),
+                    reason="put llama-quantize on PATH (see tools/bench/README.md) to run --quantize")
+def test_quantize_writes_a_q4_k_m_file_llama_cpp_loads(demo_ckpt, real_converter, odd_images, tmp_path):
+    out = tmp_path / "gguf"
+    result = _convert(demo_ckpt, out, "--llama-cpp", str(real_converter), "--quantize", "q4_k_m")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "vlft_gguf.json").read_text())["quantized"] == ["gguf-q4_k_m.gguf"]
+    equal, total, table = _check_serving(out, odd_images, model="gguf-q4_k_m.gguf")
+    print(f"\ndemo_ckpt q4_k_m: {equal} of {total}\n{table}")  # a figure, not a goal: 4-bit may differ
+    assert total == 8

@@ -61,8 +61,11 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str =
         report = written.report
         for warning in written.warnings:
             log(f"warning: {warning}")
-        log(f"{target}: {len(report.weight_map)} tensors, {human_size(report.total_bytes)} {dtype} in "
-            f"{len(report.shard_bytes)} shard(s), the largest {human_size(report.largest_shard_bytes)}")
+        if report.weight_map:
+            log(f"{target}: {len(report.weight_map)} tensors, {human_size(report.total_bytes)} {dtype} in "
+                f"{len(report.shard_bytes)} shard(s), the largest {human_size(report.largest_shard_bytes)}")
+        else:  # a target whose files another tool wrote (gguf): the files, not tensors
+            log(f"{target}: " + ", ".join(f"{name} {human_size(size)}" for name, size in report.shard_bytes.items()))
         if run_verify:
             result = chosen.verify(staging, merged, dtype=weights_dtype)
             log(result.summary())
