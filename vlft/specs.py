@@ -157,7 +157,8 @@ class DatasetSpec:
     def __post_init__(self):
         if not self.path:
             raise ConfigError("data.datasets[].path is empty: give an annotation file or an InternVL meta json")
-        _one_of(self.format, ("auto", "llava", "sharegpt", "internvl_meta"), "data.datasets[].format")
+        _one_of(self.format, ("auto", "llava", "sharegpt", "internvl_meta", "messages_pairs", "llamafactory_pairs",
+                              "internvl_mpo"), "data.datasets[].format")
         _require(self.repeat > 0, "data.datasets[].repeat", self.repeat, "positive")
         _optional_at_least(self.max_tiles, 1, "data.datasets[].max_tiles")
 
