@@ -146,7 +146,7 @@ def check_data(config, overrides, cfg_options):
     """
     cfg_options = _cfg_options(cfg_options, overrides)
     _quiet_libraries()
-    from vlft.data.preflight import check_data_from_config
+    from vlft.engine.check_data import check_data_from_config
 
     sys.exit(check_data_from_config(config, cfg_options=cfg_options))
 

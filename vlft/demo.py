@@ -107,7 +107,7 @@ def run_demo(work_dir: str | Path = "vlft-demo", *, steps: int | None = None, pl
     """Run every stage, print the before/after table and where everything went; returns what it made."""
     import click
 
-    from vlft.data.preflight import check_data_from_config
+    from vlft.engine.check_data import check_data_from_config
     from vlft.demo_data import write_dish_dataset
     from vlft.engine.train import train_from_config
     from vlft.export.convert import convert_checkpoint

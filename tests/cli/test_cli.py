@@ -53,7 +53,7 @@ def test_bad_config_is_one_line(tmp_path):
 
 def test_cfg_options_take_several_words_after_one_flag(tmp_path, monkeypatch):
     seen = {}
-    import vlft.data.preflight as preflight
+    import vlft.engine.check_data as preflight
 
     monkeypatch.setattr(preflight, "check_data_from_config", lambda config, cfg_options: seen.setdefault("o", cfg_options) and 0)
     cfg = tmp_path / "c.py"

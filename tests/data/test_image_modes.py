@@ -8,8 +8,9 @@ from PIL import Image
 
 from vlft.config import load_config
 from vlft.data.dataset import build_dataset
-from vlft.data.preflight import check_data, format_report
+from vlft.data.preflight import format_report
 from vlft.data.tiling import TilingSpec, load_image, num_tiles, read_image_header, tiles_for_image
+from vlft.engine.check_data import check_spec_data
 from vlft.model.facts import model_facts
 
 
@@ -118,7 +119,7 @@ def test_check_data_says_how_many_images_carry_a_rotation(tmp_path, tiny_dir):
     _exif_rotated(tmp_path / "plain.jpg", orientation=1)
     cfg = _config(tmp_path, tiny_dir["internvl_hf"], [_row("a", "phone.jpg"), _row("b", "plain.jpg"),
                                                       _row("c", "phone.jpg")])
-    report = check_data(load_config(cfg), config=cfg)
+    report = check_spec_data(load_config(cfg), config=cfg)
     assert report.images_rotated == 1 and report.exit_code == 0
     assert "  1 image carry an EXIF rotation: trained upright" in format_report(report)
     spec = load_config(cfg)

@@ -10,10 +10,11 @@ from PIL import Image
 from vlft.cli import main
 from vlft.config import load_config
 from vlft.data.dataset import build_dataset
-from vlft.errors import DataError
 from vlft.data.preflight import (IMAGE_COUNT, MALFORMED, MISSING_IMAGE, NO_ASSISTANT, TOO_LONG, UNREADABLE_IMAGE,
-                                 Percentiles, check_data, check_data_from_config, format_report)
+                                 Percentiles, format_report)
 from vlft.data.tiling import TilingSpec, num_tiles
+from vlft.engine.check_data import check_data_from_config, check_spec_data
+from vlft.errors import DataError
 from vlft.model.facts import model_facts
 
 # Tiny models: 56 px tiles; InternVL 4 tokens per tile (dynamic tiling), LLaVA 16 (pad_square: one tile).
@@ -108,7 +109,7 @@ def test_clean_dataset_numbers(tmp_path, family, request):
     cfg = _config(tmp_path, model, [llava, share], family=family, max_length=1024)  # room to pack several
     spec = load_config(cfg)
     spec.data.datasets[0].repeat, spec.data.datasets[1].repeat = 1.5, 3.0
-    report = check_data(spec, config=cfg)
+    report = check_spec_data(spec, config=cfg)
 
     assert report.exit_code == 0 and report.problems == {}
     assert report.samples_per_dataset == {"food": 9, "chat": 3}
@@ -145,7 +146,7 @@ def test_clean_dataset_numbers(tmp_path, family, request):
 def test_dirty_dataset_reports_everything_in_one_run(dirty):
     cfg, path = dirty
     spec = load_config(cfg)
-    report = check_data(spec, config=cfg)
+    report = check_spec_data(spec, config=cfg)
     p = report.problems
 
     def ids(kind):
@@ -206,7 +207,7 @@ def test_printout_is_capped_but_the_result_is_complete(tmp_path, internvl_model)
                                + [_row("fine", [], "q", "a")]))
     spec = load_config(_config(tmp_path, internvl_model, [path]))
     spec.data.datasets[0].repeat = 0.1  # rows an epoch leaves out are checked too
-    report = check_data(spec)
+    report = check_spec_data(spec)
     assert len(report.problems[MISSING_IMAGE]) == 60
     text = format_report(report)
     assert sum(f"{path}:s" in line for line in text.splitlines()) == 50
@@ -278,7 +279,7 @@ def test_failed_images_are_counted_as_failed_not_decoded(tmp_path, internvl_mode
     path = tmp_path / "d.json"
     path.write_text(json.dumps([_row("ok", [good], "q", "a"), _row("bad", ["corrupt.png"], "q", "a"),
                                 _row("gone", ["missing.png"], "q", "a")]))
-    report = check_data(load_config(_config(tmp_path, internvl_model, [path])))
+    report = check_spec_data(load_config(_config(tmp_path, internvl_model, [path])))
     assert (report.images_checked, report.images_decoded, report.images_missing, report.images_unreadable) == (3, 1, 1, 1)
     assert "3 image files: 1 decoded, 2 failed (1 missing, 1 unreadable)" in format_report(report)
 
@@ -287,7 +288,7 @@ def test_missing_images_are_capped_per_kind_even_when_one_sample_has_many(tmp_pa
     path = tmp_path / "d.json"
     rows = [_row(f"many{i}", [f"gone{i}_{k}.png" for k in range(3)], "q", "a") for i in range(30)]
     path.write_text(json.dumps(rows + [_row("fine", [], "q", "a")]))
-    report = check_data(load_config(_config(tmp_path, internvl_model, [path])))
+    report = check_spec_data(load_config(_config(tmp_path, internvl_model, [path])))
     assert len(report.problems[MISSING_IMAGE]) == 90
     text = format_report(report)
     assert sum("image not found" in line for line in text.splitlines()) == 50
@@ -302,7 +303,7 @@ def test_a_symlink_loop_is_called_a_symlink_loop_not_missing(tmp_path, internvl_
     path = tmp_path / "d.json"
     path.write_text(json.dumps([_row("loop", ["loop.png"], "q", "a"), _row("dangling", ["dangling.png"], "q", "a"),
                                 _row("fine", [], "q", "a")]))
-    report = check_data(load_config(_config(tmp_path, internvl_model, [path])))
+    report = check_spec_data(load_config(_config(tmp_path, internvl_model, [path])))
     assert report.problems[UNREADABLE_IMAGE] == [f"{path}:loop: cannot read image {loop}: symlink loop "
                                                  "(a symlink that leads back to itself)"]
     assert report.problems[MISSING_IMAGE] == [f"{path}:dangling: image not found: {tmp_path / 'dangling.png'} is a "
@@ -346,7 +347,7 @@ def test_odd_conversations_are_listed_by_check_data_with_file_and_id(tmp_path, i
     path = tmp_path / "data" / "d.json"
     path.parent.mkdir()
     path.write_text(json.dumps(_odd_rows()))
-    report = check_data(load_config(_config(tmp_path, internvl_model, [path])))
+    report = check_spec_data(load_config(_config(tmp_path, internvl_model, [path])))
     assert {kind: [line.split(": ")[0] for line in lines] for kind, lines in report.problems.items()} == {
         EMPTY_ANSWER: [f"{path}:empty"], LEADING_ASSISTANT: [f"{path}:greeter"],
         USER_TURNS_MERGED: [f"{path}:twice"], IMAGE_OUTSIDE_ROOT: [f"{path}:escape"]}

@@ -145,12 +145,12 @@ def _edit_json(path, **changes):
 
 
 def test_failed_verification_leaves_no_out(train_ckpt, tmp_path, monkeypatch):
-    import vlft.export.verify as verify
+    import vlft.export.target_hf as target_hf
 
     def mismatch(out, **kwargs):
         raise VerifyError(f"{out}: max |Δlogit| = 1.0e+00 > 1e-04")
 
-    monkeypatch.setattr(verify, "verify_hf_export", mismatch)
+    monkeypatch.setattr(target_hf, "verify_hf_export", mismatch)
     with pytest.raises(VerifyError):
         convert_checkpoint(train_ckpt("internvl_lora"), tmp_path / "hf", target="hf", log=_Log())
     assert list(tmp_path.iterdir()) == []

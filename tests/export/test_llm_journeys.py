@@ -170,7 +170,7 @@ def test_lora_of_an_original_layout_base_uses_the_llms_own_module_names(tmp_path
     """Phi-3 trains its fused qkv_proj / gate_up_proj (vlft's default targets cover them), Qwen3 q/k/v; both
     adapters add up, on the base's own tensors, to the merged weights."""
     from tests.export.conftest import build_train_checkpoint
-    from vlft.export.lora import export_lora
+    from vlft.export.target_lora import export_lora
 
     template = JOURNEYS[llm][0]
     base = make_tiny_internvl_chat(tmp_path / "base", llm=llm, template=template)

@@ -127,7 +127,7 @@ def test_the_missing_remote_code_line_names_the_files_and_the_opengvlab_reposito
 @pytest.mark.battery("checkpoints", was="silent")
 def test_lora_export_is_refused_in_one_line_when_the_connector_trained(train_ckpt, tmp_path):
     from vlft.errors import CheckpointError
-    from vlft.export.lora import export_lora
+    from vlft.export.target_lora import export_lora
 
     with pytest.raises(CheckpointError) as error:
         export_lora(train_ckpt("chat_internlm2_lora"), tmp_path / "lora", log=lambda _: None)
@@ -140,7 +140,7 @@ def test_the_lora_adapter_on_the_official_class_gives_the_merged_logits(frozen_c
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from vlft.export.lora import export_lora
+    from vlft.export.target_lora import export_lora
     from vlft.export.merge import merge_training_checkpoint
     from vlft.export.verify import training_prompt
 
@@ -170,7 +170,7 @@ def test_the_lora_adapter_on_the_official_class_gives_the_merged_logits(frozen_c
 def test_the_lora_adapter_of_an_internvl_chat_base_uses_its_own_module_names(name, frozen_connector_ckpt, tmp_path):
     from safetensors.torch import load_file
 
-    from vlft.export.lora import export_lora
+    from vlft.export.target_lora import export_lora
 
     result = export_lora(frozen_connector_ckpt(name), tmp_path / "lora", log=lambda _: None)
     assert result.max_abs_weight_diff is not None and result.max_abs_weight_diff <= 1e-5

@@ -7,9 +7,11 @@ import torch
 
 from tests.export.conftest import CHECKPOINTS, build_train_checkpoint
 from vlft.export import merge_checkpoint
-from vlft.export.convert import convert_checkpoint, write_hf, write_internvl_chat
+from vlft.export.convert import convert_checkpoint
 from vlft.export.merge import StreamedMerge, merge_training_checkpoint, streamed_merge
 from vlft.export.streaming import NotStreamable
+from vlft.export.target_hf import write_hf
+from vlft.export.target_internvl_chat import write_internvl_chat
 from vlft.model.layouts import read_safetensors_dir
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")

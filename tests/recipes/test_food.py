@@ -67,7 +67,7 @@ def test_converter_writes_rows_that_read_and_score(foodieqa, tmp_path):
 
 
 def test_converted_rows_pass_check_data(foodieqa, tmp_path, tiny_dir, capsys):
-    from vlft.data.preflight import check_data_from_config
+    from vlft.engine.check_data import check_data_from_config
 
     out = tmp_path / "food"
     _converter().main(["--foodieqa", str(foodieqa), "--out", str(out), "--train-fraction", "0.5"])

@@ -27,7 +27,7 @@ def served(tmp_path_factory):
 
     import vlft.tiny.checkpoints as tiny
     from vlft.export import convert_checkpoint
-    from vlft.export.lora import export_lora
+    from vlft.export.target_lora import export_lora
 
     root = tmp_path_factory.mktemp("serving")
     base = tiny.make_tiny_internvl_chat(root / "base", llm="internlm2", sizes=tiny.TinySizes(text_heads=2,

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
+from vlft.data.anyres_grid import AnyResGrid
 from vlft.data.encode import IGNORE_INDEX, EncodedSample, ImageTokens, SampleError, encode_sample
 from vlft.data.formats import DatasetSource, ReadReport, read_all
 from vlft.data.problems import BAD_SAMPLE, MALFORMED, MISSING_IMAGE, TOO_LONG, UNREADABLE_IMAGE
@@ -33,7 +34,6 @@ from vlft.data.tiling import ImageError, ImageNotFoundError, TilingSpec, load_im
     shared_tile_budget, tiles_for_image
 from vlft.errors import ConfigError, DataError
 from vlft.families import family_named, normalisation_of
-from vlft.model.anyres import AnyResGrid
 
 #: Training-time warnings (an image that fails to decode mid-run), one line each. With no handler set up,
 #: logging's last-resort handler prints the bare line to stderr, from DataLoader workers too.

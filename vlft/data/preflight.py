@@ -1,7 +1,7 @@
 """`vlft check-data`: read every sample of a config's datasets, report all problems, tiles and token budgets.
 
 Nothing of the user's is written and no model weights are loaded (the tokenizer and `VLMInfo` come from the
-model directory's config.json and tokenizer files, see `vlft.model.facts`). The samples are encoded by the
+model directory's config.json and tokenizer files, see `vlft.engine.check_data`). The samples are encoded by the
 same parallel pass into the same cache as training (`vlft.data.rows`): a check-data before `vlft train`
 builds what training then opens, and the reverse. Every image is decoded in full, so a truncated file fails
 here rather than hours into training. Every problem is one ``file:sample-id: ...`` line, and all of them are
@@ -12,17 +12,21 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from vlft.data.collate import token_efficiency
+from vlft.data.dataset import pipeline_from_spec, sources_of
 # The kinds are re-exported: they are check-data's vocabulary (tests and callers import them from here).
 from vlft.data.problems import (BAD_SAMPLE, EMPTY_ANSWER, IMAGE_COUNT, IMAGE_OUTSIDE_ROOT, KEPT_WITH_WARNING,
                                 LEADING_ASSISTANT, MALFORMED, MISSING_IMAGE, NO_ASSISTANT, NO_SAMPLES, TOO_LONG,
                                 UNREADABLE_IMAGE, USER_TURNS_MERGED)
 from vlft.data.record import IMAGE_PLACEHOLDER
+from vlft.data.rows import encode_rows
+from vlft.data.sampler import plan_batches
+from vlft.data.tiling import ImageError, ImageNotFoundError, load_image
 
 #: Problem kinds in report order. "too long" is a warning when data.on_bad_sample="skip"; the kinds of rows
 #: that training keeps (KEPT_WITH_WARNING) are always warnings; the rest are errors.
@@ -108,27 +112,15 @@ class PreflightReport:
         return 1 if self.error_kinds else 0
 
 
-def check_data_from_config(config: str | os.PathLike, cfg_options: Sequence[str] = (), *,
-                           workers: int | None = None) -> int:
-    """Load a config, check its data, print the report; returns the exit code (0 clean, 1 problems)."""
-    from vlft.config import load_config
-
-    spec = load_config(config, cfg_options)
-    report = check_data(spec, config=str(config), workers=workers,
-                        log=lambda line: print(line, file=sys.stderr, flush=True))
-    print(format_report(report))
-    return report.exit_code
-
-
-def check_data(spec, *, config: str = "", tokenizer=None, info=None, workers: int | None = None,
+def check_data(spec, *, tokenizer, info, config: str = "", workers: int | None = None,
                log: Callable[[str], None] | None = None, num_proc: int | None = None) -> PreflightReport:
     """Read every sample of `spec.data.datasets` and collect all problems, tile counts and token budgets.
 
     Args:
         spec: the ExperimentSpec (as `vlft.config.load_config` returns it).
         config: the config's path, for the report's header.
-        tokenizer, info: the model's tokenizer and VLMInfo; by default read from the model directory's
-            config.json and tokenizer files without loading weights (`vlft.model.facts.model_facts`).
+        tokenizer, info: the model's tokenizer and VLMInfo (`vlft check-data` reads them from the model
+            directory's config.json and tokenizer files without loading weights: vlft.engine.check_data).
         workers: threads decoding images (PIL releases the GIL while decoding); default min(8, CPUs).
         log: called with a progress line before the long part (decoding).
         num_proc: processes of the encoding pass (default: `vlft.data.rows.default_procs`).
@@ -136,17 +128,9 @@ def check_data(spec, *, config: str = "", tokenizer=None, info=None, workers: in
     Raises:
         DataError: a dataset file is missing or cannot be read at all.
         ConfigError: data.datasets is empty, or the data settings do not fit the model.
-        CheckpointError: the model directory is missing or not a model.
     """
-    from vlft.data.dataset import pipeline_from_spec, sources_of
-    from vlft.data.rows import encode_rows
-
     data = spec.data
     sources = sources_of(spec)
-    if tokenizer is None or info is None:
-        from vlft.model.facts import model_facts
-
-        info, tokenizer = model_facts(spec.model)
     pipeline = pipeline_from_spec(spec, tokenizer, info)
 
     report = PreflightReport(config=config, max_length=data.max_length,
@@ -234,8 +218,6 @@ def _decode_all(paths: list[str], workers: int) -> dict[str, tuple[str, str]]:
 
 
 def _decode_one(path: str) -> tuple[str, str] | None:
-    from vlft.data.tiling import ImageError, ImageNotFoundError, load_image
-
     try:
         load_image(path).close()  # a full decode, then the pixels are dropped
     except ImageNotFoundError as exc:
@@ -260,9 +242,6 @@ def _row_problems(row: dict, image_problems: dict[str, tuple[str, str]]) -> list
 
 def _plan_efficiency(report: PreflightReport, epoch_lengths: list[int], has_image: list[bool], spec) -> None:
     """Token efficiency of one epoch's batches, padded and packed, for the configured micro batch size."""
-    from vlft.data.collate import token_efficiency
-    from vlft.data.sampler import plan_batches
-
     if not epoch_lengths:
         return
     common = dict(batch_size=spec.schedule.micro_batch_size, seed=spec.schedule.seed, epoch=0,

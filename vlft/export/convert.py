@@ -1,37 +1,24 @@
-"""Write a training checkpoint (merged on the way, see vlft.export.merge) or a merged directory in an official
-format.
+"""`vlft convert`: write a training checkpoint (merged on the way, see vlft.export.merge) or a merged directory
+with one of the export targets (vlft.export.targets: ``hf``, ``internvl-chat``, ``lora``).
 
-- ``hf``: transformers-native ``InternVLForConditionalGeneration`` / ``LlavaForConditionalGeneration``
-  (what transformers, vLLM and LMDeploy load): vlft's native weights, config, generation config,
-  tokenizer with the image tokens named and the training chat template, and the processor files
-  derived from the training tiling.
-- ``internvl-chat``: the original ``InternVLChatModel`` layout (trust_remote_code) with the training
-  fields (template, tiling, pixel shuffle) from the run and the base's remote-code files.
-- ``lora``: the LLM's LoRA as a PEFT adapter for the unchanged base (vlft.export.lora writes OUT itself).
-
-The targets are the entries of vlft.export.targets.TARGETS.
-
-Both stream the weights into shards and write atomically (see vlft.export.staging). Verification runs
-on the staged directory before it is renamed into place, so a failed check leaves no OUT behind.
+A target with a writer gets the merged model and a staging directory (vlft.export.staging); verification runs
+on the staged directory before it is renamed into place, so a failed check leaves no OUT behind. A target
+that writes OUT whole (``lora``) is handed the source.
 """
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 from vlft.errors import CheckpointError
-from vlft.export.hf_files import (INTERNVL_CHAT_TEMPLATE_NAMES, MODEL_RECORD, export_template,
-                                  missing_remote_code_line, read_model_record, training_tiling,
-                                  write_generation_config, write_model_record, write_processor_files, write_tokenizer)
-from vlft.export.merge import (MergedModel, StreamedMerge, load_for_export, model_record, prepare_merge,
-                               write_native)
+from vlft.export.hf_files import MODEL_RECORD, read_model_record
+from vlft.export.merge import load_for_export, prepare_merge
 from vlft.export.staging import check_output, staged_output
-from vlft.export.targets import TARGETS, ExportTarget, Written, target_named
-from vlft.export.writers import human_size, parse_size, torch_dtype, write_sharded
+from vlft.export.target_interface import ExportTarget
+from vlft.export.targets import TARGETS, target_named
+from vlft.export.writers import human_size, parse_size, torch_dtype
 from vlft.families import FAMILIES, family_named
-from vlft.model.internvl_chat import LLM_ARCHS, iter_native_to_chat, native_config_to_chat
 from vlft.model.layouts import CHECKPOINT_MARKER, detect_layout
+from vlft.model.trained_state import read_checkpoint_meta
 
 
 def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str = "hf", verify: bool | None = None,
@@ -88,8 +75,6 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str =
 
 def peek_source(source: Path) -> dict:
     """Family, template and system prompt from the source's JSON alone (no model is loaded)."""
-    from vlft.model.trained_state import read_checkpoint_meta
-
     if not source.is_dir():
         raise CheckpointError(f"{source}: no such directory")
     if (source / CHECKPOINT_MARKER).is_file():
@@ -117,61 +102,3 @@ def check_target(target: str, peek: dict, source: Path) -> ExportTarget:
                               f"{' or --to '.join(t for t in family.export_targets if t in TARGETS)}")
     chosen.check_source(peek, source)
     return chosen
-
-
-# ------------------------------------------------------------------------------------------------
-# Writers
-
-
-def write_hf(out: Path, merged: MergedModel | StreamedMerge, *, dtype: str, max_shard_size) -> Written:
-    report = write_native(out, merged, dtype=dtype, max_shard_size=max_shard_size)
-    warnings = write_processor_files(out, merged.info, training_tiling(merged.spec, merged.info))
-    return Written(report, warnings)
-
-
-def chat_training_fields(spec, info) -> dict:
-    """The InternVL-chat config fields, from the run (never copied from the base)."""
-    tiling = training_tiling(spec, info)
-    return {
-        "template": INTERNVL_CHAT_TEMPLATE_NAMES[spec.data.template],
-        "ps_version": info.ps_version,
-        "force_image_size": tiling.tile_size,
-        "dynamic_image_size": tiling.mode == "dynamic",
-        "min_dynamic_patch": tiling.min_tiles,
-        "max_dynamic_patch": tiling.max_tiles,
-        "use_thumbnail": tiling.use_thumbnail,
-        "downsample_ratio": info.downsample_ratio,
-        "select_layer": info.select_layer,
-    }
-
-
-def write_internvl_chat(out: Path, merged: MergedModel | StreamedMerge, *, dtype: str, max_shard_size) -> Written:
-    """The original InternVL layout; the weights go through iter_native_to_chat one layer at a time, so a
-    StreamedMerge never has the model in memory (InternVL's native names are its export names)."""
-    spec = merged.spec
-    native = merged.config(dtype=dtype).to_dict()
-    llm_arch = merged.provenance.get("llm_arch")
-    if llm_arch is None:
-        raise CheckpointError(f"--to internvl-chat: the LLM ({native['text_config']['model_type']}) has no "
-                              f"InternVL-chat layout here (it knows {', '.join(LLM_ARCHS)}); use --to hf")
-    fields = chat_training_fields(spec, merged.info)
-    chat_config = native_config_to_chat(native, llm_arch=llm_arch, training_fields=fields,
-                                        base_config=merged.base_chat_config)
-    report = write_sharded(iter_native_to_chat(merged.items(), native, llm_arch=llm_arch), out, dtype=dtype,
-                           max_shard_size=max_shard_size)
-    (out / "config.json").write_text(json.dumps(chat_config, indent=2) + "\n")
-    # Its servers (vLLM's, LMDeploy's InternVL processors, InternVL's own `chat`) expand "<image>" themselves.
-    template = export_template(spec, merged.family, layout="internvl-chat")
-    write_generation_config(out, merged.tokenizer, template)
-    write_tokenizer(out, merged.tokenizer, family=merged.family, template=template)
-    write_model_record(out, model_record(merged, dtype=dtype, layout="internvl-chat"))
-    warnings, incomplete = [], None
-    for file in merged.remote_code:
-        shutil.copy2(file, out / file.name)
-    if not merged.remote_code:
-        warnings.append(missing_remote_code_line(llm_arch, merged.provenance.get("base_model")))
-        incomplete = "add the InternVL remote code named in the warning above"
-    if spec.data.system_prompt is not None:
-        warnings.append("data.system_prompt is set, but InternVL's remote code takes the template's own system "
-                        "message; pass yours with model.system_message at inference")
-    return Written(report, warnings, incomplete)

@@ -12,6 +12,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from vlft.config import spec_from_dict
 from vlft.data.dataset import anyres_pinpoints
 from vlft.data.prompt import stop_token_ids
 from vlft.data.templates import ChatTemplate, get_template
@@ -64,6 +65,22 @@ def training_tiling(spec, info: VLMInfo) -> TilingSpec:
                       min_tiles=settings.min_tiles, max_tiles=settings.max_tiles,
                       use_thumbnail=settings.use_thumbnail, grid_pinpoints=anyres_pinpoints(settings, info),
                       mean=mean, std=std)
+
+
+def chat_training_fields(spec, info) -> dict:
+    """The InternVL-chat config fields, from the run (never copied from the base)."""
+    tiling = training_tiling(spec, info)
+    return {
+        "template": INTERNVL_CHAT_TEMPLATE_NAMES[spec.data.template],
+        "ps_version": info.ps_version,
+        "force_image_size": tiling.tile_size,
+        "dynamic_image_size": tiling.mode == "dynamic",
+        "min_dynamic_patch": tiling.min_tiles,
+        "max_dynamic_patch": tiling.max_tiles,
+        "use_thumbnail": tiling.use_thumbnail,
+        "downsample_ratio": info.downsample_ratio,
+        "select_layer": info.select_layer,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -216,8 +233,6 @@ def exported_spec(path: str | Path, record: dict | None = None, *, dtype: str | 
     ``build_vlm(spec.model, quantize=False)`` then loads the directory; the data section (template,
     system prompt, tiling) is the run's, so chat and eval prompt as training did.
     """
-    from vlft.config import spec_from_dict
-
     record = read_model_record(path) if record is None else record
     raw = json.loads(json.dumps(record["config"]))
     model = raw["model"]

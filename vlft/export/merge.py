@@ -27,17 +27,22 @@ from pathlib import Path
 
 import torch
 
+from vlft.config import spec_from_dict, spec_to_dict
 from vlft.errors import CheckpointError
 from vlft.export.hf_files import (MODEL_RECORD, export_template, exported_spec, official_config, official_config_of,
                                   read_model_record, training_tiling, write_generation_config, write_model_record,
                                   write_tokenizer)
 from vlft.export.staging import check_output, staged_output
-from vlft.export.streaming import (NotStreamable, base_configs, check_streamable, export_name, merged_items,
-                                   streamable_base)
+from vlft.export.streaming import (NESTED_VISION_TYPES, NotStreamable, base_configs, check_streamable, export_name,
+                                   merged_items, streamable_base)
 from vlft.export.writers import ShardReport, human_size, parse_size, torch_dtype, write_sharded
 from vlft.model.base_fingerprint import check_checkpoint_base
 from vlft.model.internvl_chat import llm_arch_of_chat_config, llm_arch_of_text_type
+from vlft.model.adapters import apply_training_policy
 from vlft.model.layouts import CHECKPOINT_MARKER, Layout, detect_layout
+from vlft.model.load import build_vlm, load_tokenizer
+from vlft.model.load import torch_dtype as model_dtype
+from vlft.model.trained_state import ADAPTERS, info_from_meta, is_peft, load_trained_state, read_checkpoint_meta
 from vlft.model.vlm import VisionLanguageModel
 
 #: Where a merged directory keeps the base's InternVL-chat remote code, for a later `convert --to internvl-chat`.
@@ -92,8 +97,6 @@ class StreamedMerge:
 
     def items(self):
         """See merged_items."""
-        from vlft.model.load import torch_dtype as model_dtype
-
         return merged_items(self.checkpoint, self.base, model_dtype=model_dtype(self.spec.model.dtype),
                             vision_type=self.vision_config.model_type)
 
@@ -108,8 +111,6 @@ class StreamedMerge:
 
 def merge_adapters(model: VisionLanguageModel) -> VisionLanguageModel:
     """Replace every peft-wrapped part by its merged base module (in place); returns the model."""
-    from vlft.model.trained_state import ADAPTERS, is_peft
-
     for part in ADAPTERS:
         module = getattr(model, part)
         if is_peft(module):
@@ -123,11 +124,6 @@ def merge_adapters(model: VisionLanguageModel) -> VisionLanguageModel:
 
 def merge_training_checkpoint(checkpoint: str | Path) -> MergedModel:
     """Rebuild a checkpoint's model on its full-precision base and merge its adapters (in memory)."""
-    from vlft.config import spec_from_dict
-    from vlft.model.adapters import apply_training_policy
-    from vlft.model.load import build_vlm, load_tokenizer
-    from vlft.model.trained_state import load_trained_state, read_checkpoint_meta
-
     checkpoint = Path(checkpoint)
     meta = read_checkpoint_meta(checkpoint)
     check_checkpoint_base(meta, checkpoint)
@@ -150,10 +146,6 @@ def merge_training_checkpoint(checkpoint: str | Path) -> MergedModel:
 def streamed_merge(checkpoint: str | Path) -> StreamedMerge:
     """What the streamed merge needs (configs, tokenizer, provenance); NotStreamable for a parts base or an
     adapter using peft features the one-layer merge does not cover."""
-    from vlft.config import spec_from_dict
-    from vlft.model.load import load_tokenizer
-    from vlft.model.trained_state import info_from_meta, read_checkpoint_meta
-
     checkpoint = Path(checkpoint)
     meta = read_checkpoint_meta(checkpoint)
     check_checkpoint_base(meta, checkpoint)
@@ -188,9 +180,6 @@ def _describe_base(merged, model_spec, text_type: str) -> None:
 
 def load_merged_dir(path: str | Path) -> MergedModel:
     """A directory `vlft merge` (or `vlft convert`) wrote, loaded back as a MergedModel."""
-    from vlft.config import spec_from_dict
-    from vlft.model.load import build_vlm
-
     path = Path(path)
     record = read_model_record(path)
     spec = exported_spec(path, record, attn_implementation="eager")
@@ -228,8 +217,6 @@ def load_for_export(source: str | Path) -> MergedModel:
 
 
 def model_record(merged: MergedModel | StreamedMerge, *, dtype: str, layout: str) -> dict:
-    from vlft.config import spec_to_dict
-
     spec, info = merged.spec, merged.info
     tiling = training_tiling(spec, info)
     return {
@@ -267,11 +254,6 @@ def copy_remote_code(merged: MergedModel | StreamedMerge, out: Path) -> list[str
     return [file.name for file in merged.remote_code]
 
 
-#: Vision towers whose canonical checkpoint keys nest under `vision_model.` (llava-hf on the Hub, vLLM, older
-#: transformers); transformers 5 flattens them in memory and its loader accepts both.
-NESTED_VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
-
-
 def export_items(model: VisionLanguageModel):
     """(name, tensor) of the merged model as written, by reference (casting happens in the shard writer).
 
@@ -302,8 +284,6 @@ def merge_checkpoint(checkpoint: str | Path, out: str | Path, *, dtype: str = "b
     checkpoint, out = Path(checkpoint), Path(out)
     if not checkpoint.is_dir():
         raise CheckpointError(f"{checkpoint}: no such directory")
-    from vlft.model.trained_state import read_checkpoint_meta
-
     read_checkpoint_meta(checkpoint)  # one line if this is not a training checkpoint
     torch_dtype(dtype)
     parse_size(max_shard_size)

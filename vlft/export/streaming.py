@@ -36,6 +36,11 @@ _LM_HEAD = "language_model.lm_head.weight"
 _PEFT_PREFIX = "base_model.model."
 
 
+#: Vision towers whose canonical checkpoint keys nest under `vision_model.` (llava-hf on the Hub, vLLM, older
+#: transformers); transformers 5 flattens them in memory and its loader accepts both.
+NESTED_VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
+
+
 class NotStreamable(Exception):
     """This checkpoint needs the in-memory merge (the message says why)."""
 
@@ -183,8 +188,6 @@ def merged_items(checkpoint: Path, base: Path, *, model_dtype: torch.dtype, visi
                  ) -> Iterator[tuple[str, torch.Tensor]]:
     """(exported name, tensor) of the merged model: base tensors in `model_dtype`, LoRA folded, trained ones in."""
     from safetensors import safe_open
-
-    from vlft.export.merge import NESTED_VISION_TYPES
 
     adapters = {part: _Adapter(checkpoint / folder) for part, folder in ADAPTERS.items()
                 if (checkpoint / folder / "adapter_model.safetensors").is_file()}

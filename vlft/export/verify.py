@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from vlft.data.dataset import pipeline_from_spec
+from vlft.data.prompt import generation_prompt
+from vlft.data.record import IMAGE_PLACEHOLDER, Turn
+from vlft.data.tiling import tiles_for_image
 from vlft.errors import VlftError
+from vlft.export.hf_files import exported_spec, read_model_record
+from vlft.export.writers import iter_safetensors_dir
 from vlft.families import family_named, family_of_processor
 from vlft.model.internvl_chat import chat_config_to_native, chat_training_fields, iter_chat_to_native
 from vlft.model.layouts import Layout, detect_layout
+from vlft.model.load import build_vlm
 
 #: The question the verification prompt asks about its synthetic image.
 VERIFY_QUESTION = "What is shown in this image?"
@@ -116,10 +124,6 @@ class TrainingPrompt:
 
 
 def training_prompt(spec, tokenizer, info) -> TrainingPrompt:
-    from vlft.data.dataset import pipeline_from_spec
-    from vlft.data.prompt import generation_prompt
-    from vlft.data.record import IMAGE_PLACEHOLDER, Turn
-    from vlft.data.tiling import tiles_for_image
 
     pipeline = pipeline_from_spec(spec, tokenizer, info)
     image = synthetic_image(pipeline.tiling.tile_size)
@@ -148,8 +152,6 @@ def verify_hf_export(out: str | Path, *, atol: float = 1e-4, new_tokens: int = 1
 
     Raises VerifyError on the first difference.
     """
-    from vlft.export.hf_files import exported_spec, read_model_record
-    from vlft.model.load import build_vlm
 
     out = Path(out)
     record = read_model_record(out)
@@ -237,8 +239,6 @@ def _load_official(out: Path, family: str):
 
 def _check_prompt_files(out: Path, spec, prompt: TrainingPrompt, report: VerifyReport) -> None:
     """The exported tokenizer's chat template + the processor files must rebuild the training prompt."""
-    import json
-
     from transformers import AutoImageProcessor, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(out))
@@ -292,8 +292,6 @@ def _check_prompt_files(out: Path, spec, prompt: TrainingPrompt, report: VerifyR
 def native_view(path: Path) -> dict:
     """A model directory's config.json as the "-hf" layout says it, defaults filled in (an InternVL-chat
     config through vlft's translation, which has no image-token id)."""
-    import json
-
     from transformers import AutoConfig
 
     if detect_layout(path) is Layout.INTERNVL_CHAT:
@@ -327,6 +325,12 @@ def check_computation_fields(out: Path, base: str | Path | None, family: str, *,
     return compared
 
 
+def check_run_fields(out: Path, merged) -> list[str]:
+    """check_computation_fields of an export against the merged model's base and the run's overrides."""
+    return check_computation_fields(out, merged.provenance.get("base_model"), merged.family,
+                                    overrides=run_overrides(merged.spec))
+
+
 def run_overrides(spec) -> dict:
     """Computation fields the run's config sets over the base's (model.vision.select_layer)."""
     layer = spec.model.vision.select_layer
@@ -341,9 +345,6 @@ def verify_internvl_chat_export(out: str | Path, expected: dict[str, torch.Tenso
                                 training_fields: dict) -> VerifyReport:
     """Read the original-layout weights back through vlft's converter; compare with the merged tensors and
     the config's training fields with the run's."""
-    import json
-
-    from vlft.export.writers import iter_safetensors_dir
 
     out = Path(out)
     config = json.loads((out / "config.json").read_text())

@@ -1,5 +1,5 @@
 """LLaVA-NeXT (transformers' `LlavaNextForConditionalGeneration`): LLaVA's tower and MLP, AnyRes tiles (a base
-image + the best pinpoint's grid), grid features unpadded with an `image_newline` per row (vlft.model.anyres)."""
+image + the best pinpoint's grid), grid features unpadded with an `image_newline` per row (vlft.data.anyres_grid)."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,5 +1,5 @@
 """LLaVA-OneVision (transformers' `LlavaOnevisionForConditionalGeneration`): SigLIP + Qwen2, AnyRes tiles with the
-"anyres_max_N" budget: unpadded grid features larger than N tiles are shrunk (vlft.model.anyres)."""
+"anyres_max_N" budget: unpadded grid features larger than N tiles are shrunk (vlft.data.anyres_grid)."""
 from __future__ import annotations
 
 import dataclasses

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlft.data.anyres_grid import AnyResGrid
 from vlft.errors import DataError
 from vlft.families import family_named
-from vlft.model.anyres import AnyResGrid
 from vlft.model.connector import Connector
 
 
@@ -35,7 +35,7 @@ class VLMInfo:
     #: InternVL's pixel-shuffle order: "v2" (transformers'), or "v1" (InternVL-Chat-V1-5, original layout only).
     ps_version: str = "v2"
     #: AnyRes families (LLaVA-NeXT / OneVision): the config's image_grid_pinpoints, (height, width) each; ()
-    #: for one fixed-size image per placeholder. Their image tokens depend on the image size (vlft.model.anyres).
+    #: for one fixed-size image per placeholder. Their image tokens depend on the image size (vlft.data.anyres_grid).
     grid_pinpoints: tuple = ()
     #: OneVision's "anyres_max_N" feature budget in tiles (None: LLaVA-NeXT, no budget).
     anyres_max_tiles: int | None = None

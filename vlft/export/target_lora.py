@@ -26,12 +26,19 @@ from pathlib import Path
 
 import torch
 
+from vlft.config import spec_from_dict
 from vlft.errors import CheckpointError
-from vlft.export.hf_files import export_template
+from vlft.export.hf_files import chat_training_fields, export_template
+from vlft.export.merge import merge_training_checkpoint
 from vlft.export.staging import check_output, staged_output
+from vlft.export.target_interface import ExportTarget
+from vlft.export.verify import VerifyError, training_prompt
+from vlft.export.writers import iter_safetensors_dir
 from vlft.model.internvl_chat import Heads, fused_rule, iter_chat_to_native, llm_arch_of_chat_config, llm_entry
 from vlft.model.internvl_chat.keys import native_to_chat_slot
+from vlft.model.base_fingerprint import check_checkpoint_base
 from vlft.model.layouts import CHECKPOINT_MARKER, WHOLE_HF_LAYOUTS, Layout, detect_layout
+from vlft.model.trained_state import info_from_meta, read_checkpoint_meta
 
 LLM_ADAPTER_DIR = "llm_adapter"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -203,10 +210,6 @@ def export_lora(checkpoint: str | Path, out: str | Path, *, verify: bool | None 
     """
     from safetensors.torch import load_file
 
-    from vlft.config import spec_from_dict
-    from vlft.model.base_fingerprint import check_checkpoint_base
-    from vlft.model.trained_state import read_checkpoint_meta
-
     checkpoint, out = Path(checkpoint), Path(out)
     if not (checkpoint / CHECKPOINT_MARKER).is_file():
         raise CheckpointError(f"--to lora: {checkpoint} is not a training checkpoint (no {CHECKPOINT_MARKER}); the "
@@ -264,8 +267,6 @@ def export_lora(checkpoint: str | Path, out: str | Path, *, verify: bool | None 
         template = export_template(spec, spec.model.family, layout=layout_name)
         (staging / CHAT_TEMPLATE).write_text(template.jinja + "\n")
         if verify is not False:
-            from vlft.export.merge import merge_training_checkpoint
-
             merged = merge_training_checkpoint(checkpoint)
             if layout_name == "hf":
                 diff = verify_lora_logits(staging, base, merged)
@@ -286,9 +287,6 @@ def _tiling_overrides(spec, meta, base: Path, layout_name: str) -> dict:
     ``--mm-processor-kwargs``): the adapter is served on the base's files, not on an export's."""
     if layout_name != "internvl-chat":
         return {}
-    from vlft.export.convert import chat_training_fields
-    from vlft.model.trained_state import info_from_meta
-
     fields = chat_training_fields(spec, info_from_meta(meta))
     config = json.loads((base / "config.json").read_text())
     keys = ("dynamic_image_size", "min_dynamic_patch", "max_dynamic_patch")
@@ -310,8 +308,6 @@ def verify_lora_logits(adapter: Path, base: Path, merged, *, atol: float = 1e-5)
     verification prompt must equal the merged model's (fp32, eager) within ``atol``."""
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
-
-    from vlft.export.verify import VerifyError, training_prompt
 
     model = merged.model.float().eval()
     prompt = training_prompt(merged.spec, merged.tokenizer, model.info)
@@ -337,9 +333,6 @@ def verify_lora_weights(adapter: Path, base: Path, merged, *, atol: float = 1e-5
     must equal the merged model's LLM weights within ``atol``."""
     from safetensors.torch import load_file
 
-    from vlft.export.verify import VerifyError
-    from vlft.export.writers import iter_safetensors_dir
-
     config = json.loads((adapter / ADAPTER_CONFIG).read_text())
     scale = config["lora_alpha"] / config["r"]
     lora = load_file(str(adapter / ADAPTER_WEIGHTS))
@@ -362,3 +355,9 @@ def verify_lora_weights(adapter: Path, base: Path, merged, *, atol: float = 1e-5
     if not seen or not diff <= atol:
         raise VerifyError(f"{adapter}: base + adapter differs from the merged model's LLM weights by {diff:.2e}")
     return diff
+
+
+LORA = ExportTarget(name="lora", title="PEFT LoRA adapter",
+                    help="the LLM's LoRA as a PEFT adapter for `vllm serve BASE --enable-lora` (needs a checkpoint "
+                         "trained with model.connector.train=False and the vision tower frozen)",
+                    export=export_lora)
