@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from vlft.data.problems import EMPTY_ANSWER, IDENTICAL_ANSWERS, MALFORMED, NO_REJECTED
 from vlft.data.readers.conversation import RowError, parse_row
 from vlft.data.readers.source import DataFormatError
-from vlft.data.record import Turn
+from vlft.data.record import IMAGE_PLACEHOLDER, Turn
 
 #: A row with one of these keys is a preference pair, whatever holds its prompt.
 REJECTED_KEYS = ("rejected", "rejected_response")
@@ -58,6 +58,8 @@ def checked_pair(prompt: tuple[Turn, ...], chosen: str, rejected: str) -> tuple[
     for key, text in (("chosen", chosen), ("rejected", rejected)):
         if not text.strip():
             raise PairRowError(f"empty '{key}' answer", EMPTY_ANSWER)
+        if IMAGE_PLACEHOLDER in text:
+            raise PairRowError(f"'{key}' contains '{IMAGE_PLACEHOLDER}': images go in the prompt's user turns")
     if chosen.strip() == rejected.strip():
         raise PairRowError("'chosen' and 'rejected' are the same answer: the pair teaches nothing",
                            IDENTICAL_ANSWERS)
