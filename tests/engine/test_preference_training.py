@@ -2,12 +2,16 @@
 around, a resume is exact (the loss's state and the precomputed reference included), and --init-from makes the
 reference the policy's start."""
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from click.testing import CliRunner
 from safetensors.torch import load_file
+
+from vlft.cli import main
 
 from vlft.config import load_config
 from vlft.engine.preference import precompute_reference
@@ -81,9 +85,11 @@ def base(tmp_path_factory):
 
 
 def test_dpo_turns_a_base_that_prefers_the_wrong_answer_into_one_that_prefers_the_chosen(tmp_path, base):
-    config = _config(tmp_path, base, _pairs(tmp_path, "apple", "tree"))
+    chosen, rejected = "apple", "tree"
+    config = _config(tmp_path, base, _pairs(tmp_path, chosen, rejected))
     if _preference(None, config) > 0.5:   # make "chosen" the answer the base likes less
-        config = _config(tmp_path, base, _pairs(tmp_path, "tree", "apple"))
+        chosen, rejected = rejected, chosen
+        config = _config(tmp_path, base, _pairs(tmp_path, chosen, rejected))
     assert _preference(None, config) <= 0.5
     work = tmp_path / "work"
     result = train_from_config(config, work_dir=str(work))
@@ -92,6 +98,17 @@ def test_dpo_turns_a_base_that_prefers_the_wrong_answer_into_one_that_prefers_th
     assert _metric(rows[-1], "accurac") >= 0.9
     assert _metric(rows[-1], "margin") > 0
     assert _preference(result.checkpoint, config) >= 0.9   # the trained model itself now prefers the chosen
+
+    # vlft eval, before/after: asked to pick between the two answers, the base does not name the preferred
+    # one, the tuned checkpoint does
+    questions = tmp_path / "eval.json"
+    questions.write_text(json.dumps([{"image": f"{i}.png", "question": f"Question {i}: which word?",
+                                      "choices": [chosen, rejected], "answer": chosen} for i in range(8)]))
+    table = CliRunner().invoke(main, ["eval", str(base), str(result.checkpoint), "--data", str(questions),
+                                      "--max-new-tokens", "4"])
+    assert table.exit_code == 0, table.output
+    before, after = re.search(r"overall \(8\)\s+([\d.]+)%\s+([\d.]+)%", table.output).groups()
+    assert float(before) <= 50 and float(after) >= 90, table.output
 
 
 def _trained(ckpt: Path) -> dict:
