@@ -160,3 +160,9 @@ def test_init_from_an_sft_checkpoint_makes_the_reference_the_policys_start(tmp_p
     # adapters off as the reference would give the SFT adapter a margin at once)
     assert abs(_metric(first, "margin")) < 1e-6
     assert f"precomputed with the start model (--init-from {sft_ckpt})" in (work / LOG_TEXT).read_text()
+
+    # a fresh run on the same pairs and start reads the pass back from the data cache, and trains the same
+    again = tmp_path / "dpo_again"
+    train_from_config(config, work_dir=str(again), init_from=str(sft_ckpt))
+    assert "read from" in (again / LOG_TEXT).read_text()
+    assert [r["metrics"] for r in _rows(again) if "metrics" in r] == [r["metrics"] for r in _rows(work) if "metrics" in r]

@@ -9,20 +9,28 @@ connector / fully trained part moves with the adapters -- switching the adapters
 the reference log-probs of every pair are computed in one pass before the first step, with the start model
 (schedule.precompute_reference turns this on for the plain case too). Those are stored in every checkpoint
 (`reference_logps.safetensors`), as is the loss's own state (MPO's running reward mean), so a resume is exact.
+The pass is also kept beside the encoded-data cache (`reference-<key>.safetensors` in its root), keyed like the
+encoded rows plus the model: a fresh run on the same pairs and start reads it instead of computing it again.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from vlft.data import cache as disk
+from vlft.data.dataset import sources_of
 from vlft.data.pair_dataset import pair_collate
+from vlft.data.rows import key_parts
 from vlft.engine.distributed import all_reduce_sum
 from vlft.engine.preference_loss import PreferenceLoss, PreferenceSettings, sequence_logps
 from vlft.errors import CheckpointError
+from vlft.model.base_fingerprint import fingerprint
 from vlft.model.trained_state import is_peft
 
 REFERENCE_FILE = "reference_logps.safetensors"   # [pairs, 2] (chosen, rejected) of the training set
@@ -193,10 +201,18 @@ def build_objective(spec, model, dataset, held_out, *, init_from: Path | None, r
     else:
         why = (f"--init-from {init_from}" if init_from is not None else
                f"{beyond[0]} trains with the adapters" if beyond else "schedule.precompute_reference=True")
-        say(f"reference: log-probs of the {len(dataset)} pairs precomputed with the start model ({why})")
-        objective.reference = precompute_reference(model, dataset, batch_size=batch_size, device=device)
-        if held_out is not None:
-            objective.held_reference = precompute_reference(model, held_out, batch_size=batch_size, device=device)
+        cached = reference_cache_path(spec, dataset, init_from)
+        if cached.is_file():
+            tensors = load_file(str(cached))
+            objective.reference, objective.held_reference = tensors["reference"], tensors.get("held_out")
+            say(f"reference: log-probs of the {len(dataset)} pairs under the start model ({why}) read from {cached}")
+        else:
+            say(f"reference: log-probs of the {len(dataset)} pairs precomputed with the start model ({why})")
+            objective.reference = precompute_reference(model, dataset, batch_size=batch_size, device=device)
+            if held_out is not None:
+                objective.held_reference = precompute_reference(model, held_out, batch_size=batch_size,
+                                                                device=device)
+            _write_reference(cached, objective)
     if resume_from is not None:
         objective.load(resume_from)
     return objective
@@ -204,3 +220,40 @@ def build_objective(spec, model, dataset, held_out, *, init_from: Path | None, r
 
 def _held_reference(checkpoint: Path) -> torch.Tensor | None:
     return load_file(str(Path(checkpoint) / REFERENCE_FILE)).get("held_out")
+
+
+def reference_cache_path(spec, dataset, init_from: Path | None) -> Path:
+    """Where the precomputed reference of these pairs under this start model is kept: in the encoded-data
+    cache's root, keyed by what keys the encoded rows (files, pipeline, tokenizer, vlft.data's code), the
+    model settings and base files, the --init-from checkpoint's files, and the held-out split."""
+    val_sets = dataclasses.replace(spec, data=dataclasses.replace(spec.data, datasets=spec.data.val_datasets))
+    parts = {
+        "rows": key_parts(sources_of(spec), dataset.pipeline, seed=spec.schedule.seed),
+        "held_out_rows": key_parts(sources_of(val_sets), dataset.pipeline, seed=spec.schedule.seed)
+        if spec.data.val_datasets else None,
+        "val_split": spec.data.val_split, "pairs": len(dataset),
+        "model": dataclasses.asdict(spec.model),
+        "base": fingerprint(spec.model.path or {"vision": spec.model.vision.path, "llm": spec.model.llm.path}),
+        "start": _files_identity(init_from) if init_from is not None else None,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+    return disk.cache_root() / f"reference-{disk.digest(parts)}.safetensors"
+
+
+def _files_identity(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): [p.stat().st_size, p.stat().st_mtime_ns]
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def _write_reference(path: Path, objective: PreferenceObjective) -> None:
+    """Write atomically (a run reading it never sees half a file); a cache that cannot be written is skipped."""
+    tensors = {"reference": objective.reference.contiguous()}
+    if objective.held_reference is not None:
+        tensors["held_out"] = objective.held_reference.contiguous()
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
