@@ -334,9 +334,12 @@ def plot_loss(rows: list[dict], out: Path, *, title: str | None = None) -> Path 
     evals = [r for r in rows if "eval_loss" in r and r["eval_loss"] is not None and math.isfinite(r["eval_loss"])]
     if not train and not evals:
         return None
-    figure = Figure(figsize=(8, 4.5), dpi=100)
+    preference = [r for r in train if r.get("metrics")]
+    figure = Figure(figsize=(8, 7 if preference else 4.5), dpi=100)
     FigureCanvasAgg(figure)
-    axis = figure.add_subplot()
+    axis = figure.add_subplot(2, 1, 1) if preference else figure.add_subplot()
+    if preference:
+        _plot_rewards(figure.add_subplot(2, 1, 2), preference, evals)
     steps, losses = [r["step"] for r in train], [r["loss"] for r in train]
     if train:
         axis.plot(steps, losses, color="tab:blue", alpha=0.25, linestyle="none", marker=".", label="train loss")
@@ -374,6 +377,25 @@ def plot_loss(rows: list[dict], out: Path, *, title: str | None = None) -> Path 
     figure.tight_layout()
     figure.savefig(out)
     return Path(out)
+
+
+def _plot_rewards(axis, rows: list[dict], evals: list[dict]) -> None:
+    """A preference objective's panel: reward accuracy (train, eval) and the mean reward margin per step."""
+    steps = [r["step"] for r in rows]
+    for part, colour in (("accurac", "tab:green"), ("margin", "tab:purple")):
+        key = next((k for k in rows[-1]["metrics"] if part in k), None)
+        if key is None:
+            continue
+        target = axis if part == "accurac" else axis.twinx()
+        target.plot(steps, [r["metrics"].get(key, math.nan) for r in rows], color=colour, label=f"train {key}")
+        held = [r for r in evals if key in (r.get("eval_metrics") or {})]
+        if held:
+            target.plot([r["step"] for r in held], [r["eval_metrics"][key] for r in held], color=colour,
+                        marker="o", linestyle="--", label=f"eval {key}")
+        target.set_ylabel(key, color=colour)
+        target.legend(loc="lower right" if part == "accurac" else "upper left", fontsize="small")
+    axis.set_xlabel("step")
+    axis.grid(alpha=0.3)
 
 
 def _write_atomic(path: Path, text: str) -> None:
