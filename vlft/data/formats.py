@@ -9,7 +9,7 @@ from vlft.data.readers.conversation import parse_row as _parse_row
 from vlft.data.readers.internvl_meta import maybe_meta as _maybe_meta
 from vlft.data.readers.paths import stem as _stem
 from vlft.data.readers.repeat import repeat as _repeat
-from vlft.data.readers.pairs import is_preference_data, read_pairs, read_preference_pairs
+from vlft.data.readers.pairs import read_pairs, read_preference_pairs
 from vlft.data.readers.samples import read_all, read_samples
 from vlft.data.readers.sniff import FORMATS, PAIR_FORMATS, detect_format, is_pair_format
 from vlft.data.readers.source import DataFormatError, DatasetSource, ReadReport, ReadWarning
@@ -17,6 +17,6 @@ from vlft.data.readers.text import read_text
 from vlft.data.readers.turns import normalize_turns
 
 __all__ = ["FORMATS", "PAIR_FORMATS", "DataFormatError", "DatasetSource", "ReadReport", "ReadWarning",
-           "detect_format", "is_pair_format", "is_preference_data", "normalize_turns", "read_all",
+           "detect_format", "is_pair_format", "normalize_turns", "read_all",
            "read_pairs", "read_preference_pairs", "read_samples", "read_text",
            "_maybe_meta", "_parse_row", "_repeat", "_stem"]

@@ -10,14 +10,13 @@ otherwise. Nothing here opens an image.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from vlft.data.readers import internvl_mpo
 from vlft.data.readers.annotation import resolved_images
 from vlft.data.readers.containers import read_rows
 from vlft.data.readers.conversation import RowError
-from vlft.data.readers.internvl_meta import maybe_meta, meta_entries
+from vlft.data.readers.internvl_meta import maybe_meta
 from vlft.data.readers.pair_rows import PairRowError, checked_pair
 from vlft.data.readers.samples import checked_path, read_source
 from vlft.data.readers.sniff import PAIR_FORMATS, detect_format, format_named, is_pair_format
@@ -50,32 +49,6 @@ def read_pairs(source: DatasetSource, *, seed: int = 0, report: ReadReport | Non
     meta = maybe_meta(path, "auto" if mpo else source.format)
     return read_source(path, meta, source, read_pair_annotation, seed=seed, report=report,
                        entry_format=source.format if mpo else "auto")
-
-
-def is_preference_data(sources: Sequence[DatasetSource]) -> bool:
-    """Do the sources hold preference pairs (True) or SFT conversations (False)? Told by each source's format,
-    or for "auto" by its first file's columns; DataFormatError when the sources mix the two."""
-    kinds = {os.fspath(s.path): _holds_pairs(s) for s in sources}
-    if len(set(kinds.values())) > 1:
-        pairs = [p for p, is_pairs in kinds.items() if is_pairs]
-        rows = [p for p, is_pairs in kinds.items() if not is_pairs]
-        raise DataFormatError(f"{pairs[0]}: preference pairs, but {rows[0]} holds SFT conversations: "
-                              "one run trains one kind (schedule.objective); list them in separate configs")
-    return bool(kinds) and next(iter(kinds.values()))
-
-
-def _holds_pairs(source: DatasetSource) -> bool:
-    if source.format != "auto":
-        return is_pair_format(source.format)
-    path = checked_path(source)
-    meta = maybe_meta(path, "auto")
-    if meta is not None:
-        path = next(meta_entries(path, meta, source)).annotation
-    _, columns = read_rows(path)
-    try:
-        return is_pair_format(detect_format(dict.fromkeys(columns)))
-    except DataFormatError as e:
-        raise DataFormatError(f"{path}: {e}") from None
 
 
 def read_pair_annotation(path: str, fmt: str, *, image_root: str, dataset: str, max_tiles: int | None,
