@@ -133,3 +133,20 @@ def load_config_for(root: Path, base: Path, data: Path, *, objective: str = "dpo
                       f"data = {{'datasets': [{{'path': {str(data)!r}}}], 'max_length': 512, 'packing': {packing}}}\n"
                       f"schedule = {{'objective': {objective!r}}}\n")
     return load_config(config)
+
+
+def test_an_internvl_meta_lists_mpo_files_as_it_lists_sft_ones(tmp_path):
+    path = _formats(tmp_path)["internvl_mpo"]
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"mmpr_part": {"root": str(tmp_path), "annotation": str(path), "repeat_time": 2}}))
+    for fmt in ("internvl_mpo", "auto"):
+        pairs = read_preference_pairs([DatasetSource(str(meta), format=fmt)])
+        assert [(p.dataset, p.chosen) for p in pairs] == [("mmpr_part", "red"), ("mmpr_part", "yes")] * 2
+
+
+def test_ms_swift_rejected_response_takes_the_last_assistant_turn_as_the_chosen_answer(tmp_path):
+    path = _write(tmp_path / "swift.jsonl", [{"messages": [{"role": "user", "content": "Q?"},
+                                                            {"role": "assistant", "content": "good"}],
+                                               "rejected_response": "bad"}])
+    [pair] = read_preference_pairs([DatasetSource(str(path))])
+    assert (pair.prompt[-1].text, pair.chosen, pair.rejected) == ("Q?", "good", "bad")
