@@ -190,7 +190,9 @@ def build_objective(spec, model, dataset, held_out, *, init_from: Path | None, r
     """The objective of a preference run, its reference settled (see the module doc): precomputed now from
     the start model, read back from the checkpoint being resumed, or the adapters switched off per step."""
     beyond = trains_beyond_adapters(model)
-    precompute = spec.schedule.precompute_reference or init_from is not None or bool(beyond)
+    # a resumed run keeps the reference it started with (one given --init-from at the start, too)
+    saved = resume_from is not None and (Path(resume_from) / REFERENCE_FILE).is_file()
+    precompute = spec.schedule.precompute_reference or init_from is not None or bool(beyond) or saved
     objective = PreferenceObjective(spec)
     if not precompute:
         say(f"reference: the model with its adapters off, under no_grad at each step "
