@@ -56,9 +56,12 @@ def _quiet_libraries() -> None:
     import warnings
 
     # Notes from the libraries that say nothing to a user: an optional bitsandbytes CPU kernel package,
-    # transformers' deprecations of names vlft does not call itself.
+    # transformers' deprecations of names vlft does not call itself, and torch's weights-only loader noting a
+    # pickle protocol other than 2 in DeepSpeed's state files (resuming reads them whole or fails in one line).
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message=r"Detected pickle protocol \d+ in the checkpoint", category=UserWarning,
+                            module="torch")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 

@@ -172,9 +172,12 @@ class TilingSettings:
     max_tiles: int = 12
     use_thumbnail: bool = True
     grid_pinpoints: list[list[int]] = field(default_factory=list)
+    #: "split" only: the longest image side before splitting (None: 4 x tile size, the processors' default).
+    longest_edge: Optional[int] = None
 
     def __post_init__(self):
-        _one_of(self.mode, ("dynamic", "pad_square", "anyres", "resize"), "data.tiling.mode")
+        _one_of(self.mode, ("dynamic", "pad_square", "anyres", "resize", "split"), "data.tiling.mode")
+        _optional_at_least(self.longest_edge, 1, "data.tiling.longest_edge")
         _optional_at_least(self.tile_size, 1, "data.tiling.tile_size")
         _require(self.max_tiles >= 1, "data.tiling.max_tiles", self.max_tiles, ">= 1")
         if not 1 <= self.min_tiles <= self.max_tiles:

@@ -37,6 +37,7 @@ from vlft.engine.trackers import check_trackers
 from vlft.engine.validation import training_and_validation, validation_loss
 from vlft.errors import ConfigError, DataError
 from vlft.model.base_fingerprint import check_checkpoint_base, fingerprint
+from vlft.model.base_settings import load_config_on_base
 from vlft.model.layouts import detect_layout, safetensors_files
 from vlft.model.trained_state import read_checkpoint_meta
 from vlft.specs import ExperimentSpec
@@ -85,15 +86,13 @@ def train_from_config(config: str | Path, *, work_dir: str | None = None, deepsp
         init_from: a checkpoint whose adapters (and trained tensors) the run starts from (--init-from): an SFT
             adapter continued by a preference objective, whose reference is then that start.
     """
-    from vlft.config import load_config
-
-    spec = load_config(config, cfg_options)
+    spec, base_notes = load_config_on_base(config, cfg_options)
     work_dir = work_dir or spec.engine.work_dir or str(Path("work_dirs") / Path(config).stem)
     choice = engine_choice(deepspeed if deepspeed is not None else spec.engine.deepspeed)
     relative = [f"{key}={value}" for key, value in [*_paths(spec), ("work dir", work_dir)]
                 if not Path(value).expanduser().is_absolute()]
-    notes = [f"relative paths are read from the current directory {Path.cwd()}: {', '.join(relative)}"] \
-        if relative else []
+    notes = [*base_notes, *([f"relative paths are read from the current directory {Path.cwd()}: "
+                             f"{', '.join(relative)}"] if relative else [])]
     return train(resolved_spec(spec, work_dir=work_dir, deepspeed=choice), resume=resume,
                  allow_changes=allow_changes, on_step=on_step, notes=notes, config_name=str(config),
                  init_from=init_from)

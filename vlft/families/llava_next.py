@@ -74,7 +74,7 @@ LLAVA_NEXT = dataclasses.replace(
     computation_fields=("vision_feature_layer", "vision_feature_select_strategy", "image_grid_pinpoints",
                         "image_token_index"),
     tiling_modes=("anyres",),
-    default_tiling={"mode": "anyres", "grid_pinpoints": [list(p) for p in DEFAULT_PINPOINTS]},
+    default_tiling={"mode": "anyres"},  # grid_pinpoints unset: the model's own image_grid_pinpoints
     tiling_from_preprocessor=_tiling_from_preprocessor,
     config_fields=_config_fields,
     processor_files=_processor_files,

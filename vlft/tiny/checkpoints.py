@@ -1,12 +1,16 @@
 """Write tiny random-init checkpoints in every layout vlft reads, loadable exactly like real ones."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from vlft.families import INTERNVL, LLAVA
+from vlft.data.tiling import TilingSpec
+from vlft.families import IDEFICS3, INTERNVL, LLAVA, SMOLVLM, family_named
+from vlft.families.idefics3 import ROW_COL_TOKENS
 from vlft.tiny.tokenizer import build_tiny_tokenizer
 
 
@@ -172,6 +176,47 @@ def make_tiny_llava_onevision_hf(out_dir: str | Path, *, sizes: TinySizes = Tiny
     model = LlavaOnevisionForConditionalGeneration(config)
     _perturb_norms(model)
     model.save_pretrained(out_dir)
+    return out_dir
+
+
+def make_tiny_idefics3_hf(out_dir: str | Path, *, sizes: TinySizes = TinySizes(), seed: int = 0) -> Path:
+    """transformers-native Idefics3 (`Idefics3ForConditionalGeneration`): its SigLIP-style tower, a scale-2 pixel
+    shuffle + linear connector, Llama, a chatml tokenizer holding the tile tokens, and the image processor's
+    preprocessor_config.json (longest edge 4 tiles, tiles of the tower's size)."""
+    return _save_split_family(Path(out_dir), IDEFICS3.name, sizes=sizes, seed=seed)
+
+
+def make_tiny_smolvlm_hf(out_dir: str | Path, *, sizes: TinySizes = TinySizes(), seed: int = 0) -> Path:
+    """transformers-native SmolVLM (`SmolVLMForConditionalGeneration`), as make_tiny_idefics3_hf."""
+    return _save_split_family(Path(out_dir), SMOLVLM.name, sizes=sizes, seed=seed)
+
+
+def _save_split_family(out_dir: Path, family_name: str, *, sizes: TinySizes, seed: int) -> Path:
+    from transformers import AutoConfig
+
+    family = family_named(family_name)
+    tokenizer = build_tiny_tokenizer(out_dir, family=family.name, chat_style="chatml", vocab_size=sizes.vocab_size)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(ROW_COL_TOKENS)})
+    tokenizer.save_pretrained(out_dir)
+    text_config = AutoConfig.for_model(**_text(sizes, "llama", len(tokenizer)))
+    vision = dict(hidden_size=sizes.vision_hidden, num_hidden_layers=sizes.vision_layers,
+                  num_attention_heads=sizes.vision_heads, intermediate_size=sizes.vision_hidden * 4,
+                  image_size=sizes.tile_size, patch_size=14)
+    config = family.config_class()(vision_config=vision, text_config=text_config.to_dict(), scale_factor=2,
+                                   image_token_id=tokenizer.convert_tokens_to_ids(family.image_tokens.context_token),
+                                   tie_word_embeddings=False)
+    _seeded(seed)
+    model = family.official_class()(config)
+    _perturb_norms(model)
+    model.save_pretrained(out_dir)
+    # The processor files a release ships: its image processor (longest edge 4 tiles) and image_seq_len.
+    tiling = TilingSpec(mode="split", tile_size=sizes.tile_size, mean=family.mean, std=family.std)
+    common = dict(image_mean=list(family.mean), image_std=list(family.std), do_resize=True, do_rescale=True,
+                  rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True)
+    info = SimpleNamespace(tokens_per_tile=(sizes.tile_size // 14 // 2) ** 2)
+    image_processor, processor, _ = family.processor_files(info, tiling, common)
+    image_processor.save_pretrained(out_dir)
+    (out_dir / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
     return out_dir
 
 
