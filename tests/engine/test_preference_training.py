@@ -17,8 +17,7 @@ from vlft.config import load_config
 from vlft.engine.progress import TEXT_LOG as LOG_TEXT
 from vlft.engine.train import TrainingInterrupted, train_from_config
 
-pytest.importorskip("vlft.engine.preference_loss")   # wt/dpoloss's module (the loss math)
-from vlft.engine.preference import precompute_reference  # noqa: E402
+from vlft.engine.preference import precompute_reference
 
 COLOURS = [(220, 30, 30), (30, 40, 220), (30, 200, 40), (230, 220, 30)]
 

@@ -12,7 +12,6 @@ from PIL import Image
 import vlft.tiny.checkpoints as tiny
 from vlft.cli import main
 
-pytest.importorskip("vlft.engine.preference_loss")   # wt/dpoloss's module (the loss math)
 
 #: family journey -> (tiny writer, its kwargs, model.family, template, model and data settings, `--to` targets)
 JOURNEYS = {

@@ -53,9 +53,6 @@ def test_data_bench_runs_tiny():
 
 
 def test_dpo_bench_runs_at_toy_sizes():
-    import pytest
-
-    pytest.importorskip("vlft.engine.preference_loss")   # wt/dpoloss's module (the loss math)
     output = _run("bench_dpo.py", "--tiny")
     assert "tiny shapes (smoke test, no figures)" in output
     for side in ("sft (2 rows per micro batch)", "dpo, reference = adapters off", "dpo, reference precomputed"):

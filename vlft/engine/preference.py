@@ -61,6 +61,12 @@ def adapters_disabled(model):
         yield model
 
 
+def _mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    """MPO's running reward mean is one number on every rank: each micro batch adds the mean over the ranks'."""
+    total, ranks = all_reduce_sum([float(value), 1.0], value.device)
+    return torch.tensor(total / ranks, dtype=torch.float64)
+
+
 def pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(chosen logps, rejected logps, chosen answer tokens, rejected answer tokens) of a pair batch: summed
     log-probs of each side's answer tokens, from one forward over both sides."""
@@ -77,25 +83,24 @@ class PreferenceObjective:
 
     def __init__(self, spec, *, reference: torch.Tensor | None = None):
         self.settings = settings_from(spec.schedule)
-        self.loss_fn = PreferenceLoss(self.settings)
+        self.loss_fn = PreferenceLoss(self.settings, mean_across_ranks=_mean_across_ranks)
         self.reference = reference   # [pairs, 2] of the training set, or None: adapters off at each step
         self.held_reference: torch.Tensor | None = None   # the same for the held-out pairs
 
     def loss(self, engine, batch: dict, indices: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
         """(loss to backpropagate, metrics) of the pairs `indices` of the training set, collated as `batch`."""
-        chosen, rejected, chosen_tokens, _ = pair_logps(engine, batch)
+        chosen, rejected, chosen_tokens, rejected_tokens = pair_logps(engine, batch)
         if self.reference is None:
             with torch.no_grad(), adapters_disabled(engine.module):
                 ref_chosen, ref_rejected, _, _ = pair_logps(engine.module, batch)
         else:
             ref = self.reference[torch.as_tensor(list(indices))].to(chosen.device)
             ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]
-        return self._loss(chosen, rejected, ref_chosen, ref_rejected, chosen_tokens)
+        return self._loss(chosen, rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
 
-    def _loss(self, chosen, rejected, ref_chosen, ref_rejected, chosen_tokens):
-        chosen_nll = -chosen / chosen_tokens.clamp(min=1)   # MPO's generation term: mean NLL per answer token
+    def _loss(self, chosen, rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens):
         result = self.loss_fn(chosen, rejected, ref_chosen.to(chosen.dtype), ref_rejected.to(chosen.dtype),
-                              chosen_nll=chosen_nll)
+                              chosen_tokens, rejected_tokens)
         metrics = {**result.metrics(), "logps/chosen": float(chosen.detach().mean()),
                    "logps/rejected": float(rejected.detach().mean())}
         return result.loss, metrics
@@ -165,13 +170,13 @@ def preference_validation(model, objective: PreferenceObjective, held_out, *, ra
     for slot in slots[rank::world_size]:
         batch = pair_collate([held_out[max(slot, 0)]], pad_token_id=pad_id)
         batch = {k: v.to(device) for k, v in batch.items() if k != "num_tokens"}
-        chosen, rejected, chosen_tokens, _ = pair_logps(model, batch)
+        chosen, rejected, chosen_tokens, rejected_tokens = pair_logps(model, batch)
         if reference is None:
             with adapters_disabled(model):
                 ref_chosen, ref_rejected, _, _ = pair_logps(model, batch)
         else:
             ref_chosen, ref_rejected = reference[max(slot, 0):max(slot, 0) + 1].to(device).unbind(-1)
-        loss, metrics = objective._loss(chosen, rejected, ref_chosen, ref_rejected, chosen_tokens)
+        loss, metrics = objective._loss(chosen, rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
         weight = float(slot >= 0)   # a padding round (a repeat of pair 0) counts for nothing
         counted += weight
         for key, value in {"loss": float(loss), **metrics}.items():
