@@ -25,6 +25,9 @@ JOURNEYS = {
                    {"tiling": {"mode": "anyres"}}, ("hf", "lora")),
     "llava_onevision": ("make_tiny_llava_onevision_hf", {}, "llava_onevision", "chatml",
                         {"connector": {"downsample_ratio": 1.0}}, {"tiling": {"mode": "anyres"}}, ("hf", "lora")),
+    "idefics3": ("make_tiny_idefics3_hf", {}, "idefics3", "idefics3", {}, {"tiling": {"mode": "split"}},
+                 ("hf", "lora")),
+    "smolvlm": ("make_tiny_smolvlm_hf", {}, "smolvlm", "smolvlm", {}, {"tiling": {"mode": "split"}}, ("hf", "lora")),
 }
 
 

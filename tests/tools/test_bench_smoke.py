@@ -53,7 +53,8 @@ def test_data_bench_runs_tiny():
 
 
 def test_dpo_bench_runs_at_toy_sizes():
-    output = _run("bench_dpo.py", "--tiny")
+    output = _run("bench_dpo.py", "--tiny", "--model", "llava")
     assert "tiny shapes (smoke test, no figures)" in output
-    for side in ("sft (2 rows per micro batch)", "dpo, reference = adapters off", "dpo, reference precomputed"):
+    for side in ("sft (2 rows per micro batch)", "dpo, reference = adapters off", "dpo, reference precomputed",
+                 "trl DPOTrainer + peft"):
         assert side in output, side
