@@ -165,3 +165,21 @@ def test_init_from_an_sft_checkpoint_makes_the_reference_the_policys_start(tmp_p
     train_from_config(config, work_dir=str(again), init_from=str(sft_ckpt))
     assert "read from" in (again / LOG_TEXT).read_text()
     assert [r["metrics"] for r in _rows(again) if "metrics" in r] == [r["metrics"] for r in _rows(work) if "metrics" in r]
+
+
+def test_a_dpo_run_under_zero2_equals_the_plain_torch_run(tmp_path, base):
+    # the default engine (DeepSpeed ZeRO-2, one process): its forward, reference forward with the adapters off,
+    # backward and step give the plain-torch run's losses and rewards
+    config = _config(tmp_path, base, _pairs(tmp_path, "apple", "tree"), schedule={"max_steps": 3})
+    plain = tmp_path / "plain"
+    train_from_config(config, work_dir=str(plain))
+    zero2 = CliRunner().invoke(main, ["train", str(config), "--work-dir", str(tmp_path / "zero2"),
+                                      "--deepspeed", "zero2"])
+    assert zero2.exit_code == 0, zero2.output + repr(zero2.exception)
+    assert "reward acc" in zero2.output
+    ours, theirs = ([r["metrics"] for r in _rows(work) if "metrics" in r] for work in (tmp_path / "zero2", plain))
+    assert len(ours) == len(theirs) == 3
+    for got, want in zip(ours, theirs):
+        for key in ("rewards/margin", "rewards/chosen", "loss/sigmoid"):
+            name = next(k for k in want if key in k)
+            assert got[name] == pytest.approx(want[name], abs=1e-5), (name, got, want)
