@@ -295,3 +295,15 @@ def test_mmengine_lazy_import_configs_are_refused_with_the_fix(tmp_path):
                            + MINIMAL)
     with pytest.raises(ConfigError, match=r"`with read_base\(\):` .* is not supported; inherit with `_base_ = "):
         load_config(cfg)
+
+
+@pytest.mark.parametrize("name, objective", [("internvl2_5_1b_dpo", "dpo"), ("internvl2_5_1b_mpo", "mpo"),
+                                             ("llava_v1_5_7b_dpo", "dpo")])
+def test_the_shipped_preference_configs_train_unpacked_pairs_against_the_adapters_off(name, objective):
+    spec = load_config(shipped_configs()[name])
+    assert spec.schedule.objective == objective and not spec.data.packing
+    # a frozen connector keeps "the adapters off" the start of training: the reference needs no pass
+    assert not spec.model.connector.train and spec.model.llm.train == "lora"
+    if objective == "mpo":
+        weights = (spec.schedule.preference_weight, spec.schedule.quality_weight, spec.schedule.generation_weight)
+        assert weights == (0.8, 0.2, 1.0)

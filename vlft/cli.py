@@ -109,8 +109,10 @@ def main():
               help="Continue from the newest intact checkpoint in the work dir (auto) or from a checkpoint DIR.")
 @click.option("--resume-allow-changes", is_flag=True,
               help="Resume although data or schedule settings changed; they apply from the resume step.")
+@click.option("--init-from", type=click.Path(file_okay=False), default=None, metavar="CHECKPOINT",
+              help="Start from a checkpoint's adapters (e.g. an SFT run's, continued by DPO: its reference).")
 @user_errors
-def train(config, overrides, work_dir, deepspeed, cfg_options, resume, resume_allow_changes):
+def train(config, overrides, work_dir, deepspeed, cfg_options, resume, resume_allow_changes, init_from):
     """Fine-tune the model a CONFIG describes on its datasets.
 
     \b
@@ -126,9 +128,10 @@ def train(config, overrides, work_dir, deepspeed, cfg_options, resume, resume_al
 
     try:
         train_from_config(config, work_dir=work_dir, deepspeed=deepspeed, cfg_options=cfg_options, resume=resume,
-                          allow_changes=resume_allow_changes)
+                          allow_changes=resume_allow_changes, init_from=init_from)
     except TrainingInterrupted as stopped:
         again = ["vlft", "train", config, "--work-dir", str(stopped.result.work_dir), "--resume", "auto",
+                 *(["--init-from", init_from] if init_from else []),
                  *(["--cfg-options", *cfg_options] if cfg_options else [])]
         if stopped.result.checkpoint is not None:
             click.echo(f"stopped by {stopped.signal_name}; continue with: {shlex.join(again)}", err=True)

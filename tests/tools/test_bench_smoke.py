@@ -61,3 +61,11 @@ def test_data_bench_runs_tiny():
     assert "1 of 2 ranks encoded (built once)" in output
     for contender in ("in-process (old)", "cache cold, 2 procs", "cache warm"):
         assert contender in output, contender
+
+
+def test_dpo_bench_runs_at_toy_sizes():
+    output = _run("bench_dpo.py", "--tiny", "--model", "llava")
+    assert "tiny shapes (smoke test, no figures)" in output
+    for side in ("sft (2 rows per micro batch)", "dpo, reference = adapters off", "dpo, reference precomputed",
+                 "trl DPOTrainer + peft"):
+        assert side in output, side

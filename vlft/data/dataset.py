@@ -210,20 +210,7 @@ class SupervisedDataset(Dataset):
         self.tiles: list[int] = []
         self.sizes: list[torch.Tensor] = []  # [images, 2] (height, width) each, as the headers said
         for sample in samples:
-            problem, reason = None, None
-            try:
-                sizes = [_image_size(path, sample) for path in sample.images]
-                counts = pipeline.tile_counts(sample)
-                encoded = pipeline.encode(sample, counts, sizes)
-                if len(encoded.input_ids) > pipeline.max_length:
-                    reason = TOO_LONG
-                    problem = (f"{sample.where}: {len(encoded.input_ids)} tokens > data.max_length="
-                               f"{pipeline.max_length} (never cut inside an image; dropped)")
-            except SampleError as exc:
-                reason, problem = exc.kind, str(exc)
-            except ImageError as exc:
-                reason = MISSING_IMAGE if isinstance(exc, ImageNotFoundError) else UNREADABLE_IMAGE
-                problem = f"{sample.where}: {exc}"
+            encoded, sizes, counts, reason, problem = encode_checked(sample, pipeline)
             if problem is not None:
                 if on_bad_sample == "error":
                     raise DataError(f"{problem} (data.on_bad_sample='error'; set 'skip' to drop such samples)")
@@ -292,6 +279,27 @@ class SupervisedDataset(Dataset):
                 log.warning(f"warning: {line}; skipped: trained with every label ignored "
                             "(data.on_bad_sample='skip')")
             raise
+
+
+def encode_checked(sample: Sample, pipeline: DataPipeline, answers: Sequence[Sample] = ()):
+    """(encoded, header sizes, tile counts, None, None) of a sample training keeps, or (.., kind, "file:id: what")
+    of one it drops (an image header, a bad sample, too long). ``answers``: more conversations with the same
+    images (a preference pair's two sides), encoded with the same tiles; ``encoded`` is then one per answer."""
+    encoded = sizes = counts = None
+    try:
+        sizes = [_image_size(path, sample) for path in sample.images]
+        counts = pipeline.tile_counts(sample)
+        encoded = [pipeline.encode(one, counts, sizes) for one in (answers or [sample])]
+        longest = max(len(e.input_ids) for e in encoded)
+        if longest > pipeline.max_length:
+            return encoded, sizes, counts, TOO_LONG, (f"{sample.where}: {longest} tokens > data.max_length="
+                                                      f"{pipeline.max_length} (never cut inside an image; dropped)")
+    except SampleError as exc:
+        return encoded, sizes, counts, exc.kind, str(exc)
+    except ImageError as exc:
+        kind = MISSING_IMAGE if isinstance(exc, ImageNotFoundError) else UNREADABLE_IMAGE
+        return encoded, sizes, counts, kind, f"{sample.where}: {exc}"
+    return (encoded if answers else encoded[0]), sizes, counts, None, None
 
 
 def _image_size(path: str, sample: Sample) -> tuple[int, int]:

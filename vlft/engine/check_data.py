@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from vlft.data.pair_preflight import check_pairs, format_pair_report
 from vlft.data.preflight import PreflightReport, check_data, format_report
 from vlft.model.base_settings import load_config_on_base
 from vlft.model.facts import model_facts
@@ -20,7 +21,7 @@ def check_data_from_config(config: str | os.PathLike, cfg_options: Sequence[str]
         print(f"note: {note}", flush=True)
     report = check_spec_data(spec, config=str(config), workers=workers,
                              log=lambda line: print(line, file=sys.stderr, flush=True))
-    print(format_report(report))
+    print(format_pair_report(report) if spec.schedule.objective != "sft" else format_report(report))
     return report.exit_code
 
 
@@ -29,4 +30,6 @@ def check_spec_data(spec, **options) -> PreflightReport:
 
     Raises CheckpointError: the model directory is missing or not a model."""
     info, tokenizer = model_facts(spec.model)
+    if spec.schedule.objective != "sft":  # preference pairs (vlft.data.pair_preflight)
+        return check_pairs(spec, tokenizer=tokenizer, info=info, **options)
     return check_data(spec, tokenizer=tokenizer, info=info, **options)
