@@ -15,7 +15,7 @@ nothing but the standard library and vLLM there. On a machine without a GPU vLLM
 With --gguf, llama.cpp answers instead (llama-cpp-python's mtmd bindings, from the python of --llama-cpp-python
 or $VLFT_LLAMA_CPP_PYTHON): OUT's LLM GGUF and mmproj, the prompt rendered by the chat template in the GGUF's
 own metadata, greedy; `vlft chat` answers from the checkpoint the export was made from (--source, default the
-one OUT/Modelfile's export recorded). The table adds both prompt token counts: llama.cpp tiles InternVL images
+one the export recorded in OUT/vlft_gguf.json). The table adds both prompt token counts: llama.cpp tiles InternVL images
 by its own rule (vlft.export.target_gguf), so a differing count says the image was tiled differently.
 
 An InternVL-chat folder needs InternVL's remote code for its config. vlft's tiny test checkpoints carry

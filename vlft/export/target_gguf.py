@@ -16,7 +16,11 @@ What llama.cpp reads is fixed by its converter: for InternVL, the original Inter
 (``InternVLChatModel``: ``llm_config`` + ``vision_config`` with ``InternVisionModel``; the -hf layout it does
 not read), its config's ``downsample_ratio``, ``min/max_dynamic_patch``, and preprocessor_config.json's
 ``image_mean`` / ``image_std``. The projector always takes the vision tower's last layer and the v2 pixel
-shuffle; a run that differs is refused before anything is written.
+shuffle; a run that differs is refused before anything is written, as is a tower of fewer than 4 layers (the
+converter names the projector's mlp1.N by vision block index). Of the tokenizer it reads tokenizer.json, or for
+InternLM2 only a SentencePiece tokenizer.model, which vlft takes from the checkpoint or its base and pads to the
+LLM's vocab_size (write_converter_tokenizer); add_bos/add_eos are written off, since every vlft template writes
+its own specials.
 """
 from __future__ import annotations
 
