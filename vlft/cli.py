@@ -214,8 +214,14 @@ class _ExportTargetOption(click.Option):
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
 @click.option("--max-shard-size", default="2GB", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@click.option("--outtype", type=click.Choice(["f16", "bf16", "q8_0"]), default="f16", show_default=True,
+              help="--to gguf: the LLM's GGUF type (the mmproj is always f16).")
+@click.option("--quantize", multiple=True, metavar="TYPE",
+              help="--to gguf: also write the LLM quantized by llama-quantize (q4_k_m, q5_k_m, ...); repeatable.")
+@click.option("--llama-cpp", "llama_cpp", type=click.Path(file_okay=False), default=None,
+              help="--to gguf: a llama.cpp checkout (or unpacked llama-cpp-python sdist); default $LLAMA_CPP_DIR.")
 @user_errors
-def convert(checkpoint, out, target, verify, dtype, max_shard_size, overwrite):
+def convert(checkpoint, out, target, verify, dtype, max_shard_size, overwrite, outtype, quantize, llama_cpp):
     """Write CHECKPOINT (a training checkpoint or a merged model) in an official format to OUT.
 
     \b
@@ -225,8 +231,13 @@ def convert(checkpoint, out, target, verify, dtype, max_shard_size, overwrite):
     _quiet_libraries()
     from vlft.export.convert import convert_checkpoint
 
+    options = {"outtype": outtype, "quantize": tuple(quantize), "llama_cpp": llama_cpp} if target == "gguf" else {}
+    gguf_only = [flag for flag, given in (("--outtype", outtype != "f16"), ("--quantize", quantize),
+                                          ("--llama-cpp", llama_cpp)) if given]
+    if target != "gguf" and gguf_only:
+        raise click.UsageError(f"{gguf_only[0]} is for --to gguf only")
     convert_checkpoint(checkpoint, out, target=target, verify=verify, dtype=dtype,
-                       max_shard_size=max_shard_size, overwrite=overwrite)
+                       max_shard_size=max_shard_size, overwrite=overwrite, options=options)
 
 
 @main.command()

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench"
 
 
@@ -37,6 +39,15 @@ def test_merge_memory_bench_runs_at_toy_sizes():
     assert "tiny shapes (smoke test, no figures)" in output
     for contender in ("vlft merge (bf16)", "vlft convert --to hf (1GB shards)", "peer: transformers + peft"):
         assert contender in output, contender
+
+
+@pytest.mark.skipif(not os.environ.get("LLAMA_CPP_DIR"),
+                    reason="set LLAMA_CPP_DIR (llama.cpp's source, see tools/bench/README.md) to run llama.cpp's converter")
+def test_gguf_bench_runs_at_toy_sizes():
+    output = _run("bench_gguf.py", "--tiny")
+    assert "tiny shapes (smoke test, no figures)" in output
+    for line in ("converter's own (no model)", "vlft convert --to gguf", "budget 1.5 x largest shard"):
+        assert line in output, line
 
 
 def test_train_bench_runs_on_a_handful_of_samples():

@@ -89,6 +89,15 @@ class Family:
     stored_prefixes: tuple[tuple[str, str], ...] = ()
     #: Its official class takes pixels per sample ([batch, images, 3, S, S]), not as a flat tile list.
     pixels_per_sample: bool = False
+    #: `--to gguf`: the export layout llama.cpp's convert_hf_to_gguf.py (--mmproj) reads for this family, or
+    #: None when it reads none.
+    gguf_layout: str | None = None
+    #: (--to value, one line on why this family cannot be written in it: what the other tool lacks) pairs.
+    export_refusals: tuple[tuple[str, str], ...] = ()
+
+    def export_refusal(self, target: str) -> str | None:
+        """Why ``--to target`` cannot write this family (what the target's tool lacks), or None."""
+        return dict(self.export_refusals).get(target)
 
     @property
     def image_placeholder(self) -> str:

@@ -131,6 +131,10 @@ IDEFICS3 = Family(
     tiling_modes=("split",),
     default_tiling={"mode": "split"},
     export_targets=("hf", "lora"),
+    export_refusals=(("gguf", "llama.cpp's converter reads Idefics3/SmolVLM (its IDEFICS3 mmproj), but vlft does not "
+                              "write it yet: llama.cpp's split of an image into tiles + global image is not checked "
+                              "against training's, so `--to hf` and llama.cpp's own convert_hf_to_gguf.py are the way "
+                              "for now"),),
     default_template=_default_template,
     tiling_from_preprocessor=_tiling_from_preprocessor,
     config_fields=_config_fields,
