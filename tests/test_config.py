@@ -77,8 +77,10 @@ def test_spec_round_trips_through_dict():
 
 @pytest.mark.parametrize("name", sorted(shipped_configs()))
 def test_every_shipped_config_loads(name):
+    from vlft.families import FAMILIES
+
     spec = load_config(shipped_configs()[name])
-    assert spec.model.family in ("internvl", "llava")
+    assert spec.model.family in FAMILIES
 
 
 def test_copy_config_makes_base_paths_absolute(tmp_path):
@@ -91,10 +93,22 @@ def test_copy_config_makes_base_paths_absolute(tmp_path):
         copy_shipped_config("internvl25_1b_lora", tmp_path / "x.py")
 
 
+@pytest.fixture(scope="module")
+def tiny_anyres(tmp_path_factory):
+    """Tiny LLaVA-NeXT and LLaVA-OneVision bases (the session's tiny_dir holds the other families)."""
+    from vlft.tiny.checkpoints import make_tiny_llava_next_hf, make_tiny_llava_onevision_hf
+
+    root = tmp_path_factory.mktemp("tiny_anyres")
+    return {"llava_next": make_tiny_llava_next_hf(root / "next"),
+            "llava_onevision": make_tiny_llava_onevision_hf(root / "onevision")}
+
+
 @pytest.mark.parametrize("name", sorted(shipped_configs()))
-def test_every_shipped_config_builds_against_a_tiny_checkpoint(name, tiny_dir):
-    """Each shipped config, pointed at a tiny checkpoint of its family, builds and wraps its model."""
+def test_every_shipped_config_builds_against_a_tiny_checkpoint(name, tiny_dir, tiny_anyres):
+    """Each shipped config, pointed at a tiny checkpoint of its family, passes the base's check and builds and
+    wraps its model."""
     from vlft.model.adapters import apply_training_policy
+    from vlft.model.base_settings import load_config_on_base
     from vlft.model.load import build_vlm
     from vlft.model.report import trainable_report
 
@@ -104,9 +118,10 @@ def test_every_shipped_config_builds_against_a_tiny_checkpoint(name, tiny_dir):
         overrides = [f"model.vision.path={tiny_dir[family + '_vision']}", f"model.llm.path={tiny_dir[family + '_llm']}"]
     else:
         path = {"internvl": tiny_dir["internvl_chat_internlm2" if "internvl2_2b" in name else "internvl_hf"],
-                "llava": tiny_dir["llava_hf"]}[family]
+                "llava": tiny_dir["llava_hf"], **tiny_anyres}[family]
         overrides = [f"model.path={path}"]
-    spec = load_config(shipped_configs()[name], overrides)
+    spec, notes = load_config_on_base(shipped_configs()[name], overrides)
+    assert notes == []                                   # a shipped config says what its base wants
     model, tokenizer = build_vlm(spec.model)
     apply_training_policy(model, spec.model)
     modes = {r.part: r.mode for r in trainable_report(model)}
@@ -280,3 +295,15 @@ def test_mmengine_lazy_import_configs_are_refused_with_the_fix(tmp_path):
                            + MINIMAL)
     with pytest.raises(ConfigError, match=r"`with read_base\(\):` .* is not supported; inherit with `_base_ = "):
         load_config(cfg)
+
+
+@pytest.mark.parametrize("name, objective", [("internvl2_5_1b_dpo", "dpo"), ("internvl2_5_1b_mpo", "mpo"),
+                                             ("llava_v1_5_7b_dpo", "dpo")])
+def test_the_shipped_preference_configs_train_unpacked_pairs_against_the_adapters_off(name, objective):
+    spec = load_config(shipped_configs()[name])
+    assert spec.schedule.objective == objective and not spec.data.packing
+    # a frozen connector keeps "the adapters off" the start of training: the reference needs no pass
+    assert not spec.model.connector.train and spec.model.llm.train == "lora"
+    if objective == "mpo":
+        weights = (spec.schedule.preference_weight, spec.schedule.quality_weight, spec.schedule.generation_weight)
+        assert weights == (0.8, 0.2, 1.0)

@@ -17,3 +17,10 @@ def test_readme_starts_with_install_demo_and_test_commands_that_ci_runs():
     assert install in ci
     assert test.strip().endswith("python -m pytest -n 2") and "\npython -m pytest -n 2\n" in ci + "\n"
     assert re.search(r'"torch==([\d.]+)"', install_demo).group(1) == re.search(r'"torch==([\d.]+)"', install).group(1)
+
+
+def test_the_readme_configs_table_lists_every_shipped_config():
+    from vlft.shipped import shipped_configs
+
+    listed = re.findall(r"^\| `([a-z0-9_]+)` \|", (ROOT / "README.md").read_text(), flags=re.M)
+    assert sorted(set(shipped_configs()) - set(listed)) == []

@@ -56,9 +56,12 @@ def _quiet_libraries() -> None:
     import warnings
 
     # Notes from the libraries that say nothing to a user: an optional bitsandbytes CPU kernel package,
-    # transformers' deprecations of names vlft does not call itself.
+    # transformers' deprecations of names vlft does not call itself, and torch's weights-only loader noting a
+    # pickle protocol other than 2 in DeepSpeed's state files (resuming reads them whole or fails in one line).
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message=r"Detected pickle protocol \d+ in the checkpoint", category=UserWarning,
+                            module="torch")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
@@ -106,8 +109,10 @@ def main():
               help="Continue from the newest intact checkpoint in the work dir (auto) or from a checkpoint DIR.")
 @click.option("--resume-allow-changes", is_flag=True,
               help="Resume although data or schedule settings changed; they apply from the resume step.")
+@click.option("--init-from", type=click.Path(file_okay=False), default=None, metavar="CHECKPOINT",
+              help="Start from a checkpoint's adapters (e.g. an SFT run's, continued by DPO: its reference).")
 @user_errors
-def train(config, overrides, work_dir, deepspeed, cfg_options, resume, resume_allow_changes):
+def train(config, overrides, work_dir, deepspeed, cfg_options, resume, resume_allow_changes, init_from):
     """Fine-tune the model a CONFIG describes on its datasets.
 
     \b
@@ -123,9 +128,10 @@ def train(config, overrides, work_dir, deepspeed, cfg_options, resume, resume_al
 
     try:
         train_from_config(config, work_dir=work_dir, deepspeed=deepspeed, cfg_options=cfg_options, resume=resume,
-                          allow_changes=resume_allow_changes)
+                          allow_changes=resume_allow_changes, init_from=init_from)
     except TrainingInterrupted as stopped:
         again = ["vlft", "train", config, "--work-dir", str(stopped.result.work_dir), "--resume", "auto",
+                 *(["--init-from", init_from] if init_from else []),
                  *(["--cfg-options", *cfg_options] if cfg_options else [])]
         if stopped.result.checkpoint is not None:
             click.echo(f"stopped by {stopped.signal_name}; continue with: {shlex.join(again)}", err=True)
@@ -208,8 +214,14 @@ class _ExportTargetOption(click.Option):
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
 @click.option("--max-shard-size", default="2GB", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@click.option("--outtype", type=click.Choice(["f16", "bf16", "q8_0"]), default="f16", show_default=True,
+              help="--to gguf: the LLM's GGUF type (the mmproj is always f16).")
+@click.option("--quantize", multiple=True, metavar="TYPE",
+              help="--to gguf: also write the LLM quantized by llama-quantize (q4_k_m, q5_k_m, ...); repeatable.")
+@click.option("--llama-cpp", "llama_cpp", type=click.Path(file_okay=False), default=None,
+              help="--to gguf: a llama.cpp checkout (or unpacked llama-cpp-python sdist); default $LLAMA_CPP_DIR.")
 @user_errors
-def convert(checkpoint, out, target, verify, dtype, max_shard_size, overwrite):
+def convert(checkpoint, out, target, verify, dtype, max_shard_size, overwrite, outtype, quantize, llama_cpp):
     """Write CHECKPOINT (a training checkpoint or a merged model) in an official format to OUT.
 
     \b
@@ -219,8 +231,13 @@ def convert(checkpoint, out, target, verify, dtype, max_shard_size, overwrite):
     _quiet_libraries()
     from vlft.export.convert import convert_checkpoint
 
+    options = {"outtype": outtype, "quantize": tuple(quantize), "llama_cpp": llama_cpp} if target == "gguf" else {}
+    gguf_only = [flag for flag, given in (("--outtype", outtype != "f16"), ("--quantize", quantize),
+                                          ("--llama-cpp", llama_cpp)) if given]
+    if target != "gguf" and gguf_only:
+        raise click.UsageError(f"{gguf_only[0]} is for --to gguf only")
     convert_checkpoint(checkpoint, out, target=target, verify=verify, dtype=dtype,
-                       max_shard_size=max_shard_size, overwrite=overwrite)
+                       max_shard_size=max_shard_size, overwrite=overwrite, options=options)
 
 
 @main.command()

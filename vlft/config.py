@@ -22,7 +22,7 @@ import tempfile
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from mmengine.config import Config
 
@@ -99,11 +99,15 @@ def load_config_dict(path: str | Path, cfg_options: Sequence[str] = ()) -> dict[
     return {key: value for key, value in _to_plain(cfg.to_dict()).items() if not isinstance(value, _CODE)}
 
 
-def load_config(path: str | Path, cfg_options: Sequence[str] = ()) -> ExperimentSpec:
-    """The one entry point: a config file (+ overrides) -> a validated ExperimentSpec this machine can run."""
+def load_config(path: str | Path, cfg_options: Sequence[str] = (), *,
+                settle: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> ExperimentSpec:
+    """The one entry point: a config file (+ overrides) -> a validated ExperimentSpec this machine can run.
+
+    ``settle`` sees the loaded dict before validation and returns it completed (what the base model directory
+    says: vlft.model.base_settings); a ConfigError it raises is prefixed with the file like any other."""
     raw = load_config_dict(path, cfg_options)
     try:
-        spec = spec_from_dict(raw)
+        spec = spec_from_dict(settle(raw) if settle is not None else raw)
         check_runnable_here(spec)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

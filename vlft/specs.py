@@ -157,7 +157,8 @@ class DatasetSpec:
     def __post_init__(self):
         if not self.path:
             raise ConfigError("data.datasets[].path is empty: give an annotation file or an InternVL meta json")
-        _one_of(self.format, ("auto", "llava", "sharegpt", "internvl_meta"), "data.datasets[].format")
+        _one_of(self.format, ("auto", "llava", "sharegpt", "internvl_meta", "messages_pairs", "llamafactory_pairs",
+                              "internvl_mpo"), "data.datasets[].format")
         _require(self.repeat > 0, "data.datasets[].repeat", self.repeat, "positive")
         _optional_at_least(self.max_tiles, 1, "data.datasets[].max_tiles")
 
@@ -171,9 +172,12 @@ class TilingSettings:
     max_tiles: int = 12
     use_thumbnail: bool = True
     grid_pinpoints: list[list[int]] = field(default_factory=list)
+    #: "split" only: the longest image side before splitting (None: 4 x tile size, the processors' default).
+    longest_edge: Optional[int] = None
 
     def __post_init__(self):
-        _one_of(self.mode, ("dynamic", "pad_square", "anyres", "resize"), "data.tiling.mode")
+        _one_of(self.mode, ("dynamic", "pad_square", "anyres", "resize", "split"), "data.tiling.mode")
+        _optional_at_least(self.longest_edge, 1, "data.tiling.longest_edge")
         _optional_at_least(self.tile_size, 1, "data.tiling.tile_size")
         _require(self.max_tiles >= 1, "data.tiling.max_tiles", self.max_tiles, ">= 1")
         if not 1 <= self.min_tiles <= self.max_tiles:
@@ -215,6 +219,10 @@ class DataSpec:
         return self.pack_length or self.max_length
 
 
+#: schedule.objective: supervised fine-tuning, or a preference objective over chosen/rejected pairs.
+OBJECTIVES = ("sft", "dpo", "ipo", "mpo")
+
+
 @dataclass
 class ScheduleSpec:
     epochs: float = 1.0
@@ -235,6 +243,20 @@ class ScheduleSpec:
     #: Gradient-norm clipping; 0 turns clipping off.
     max_grad_norm: float = 1.0
     seed: int = 42
+    #: What the steps optimise: "sft" (next-token loss on the answers), or a preference objective over
+    #: chosen/rejected pairs: "dpo" (sigmoid DPO), "ipo", "mpo" (InternVL's MPO: DPO + BCO quality + SFT).
+    objective: str = "sft"
+    #: Preference objectives: the KL strength (DPO's beta; IPO's tau), the label smoothing of sigmoid DPO,
+    #: and MPO's weights of its preference, quality (BCO) and generation (SFT) terms.
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    preference_weight: float = 0.8
+    quality_weight: float = 0.2
+    generation_weight: float = 1.0
+    #: Preference objectives: compute the reference log-probs of every pair in one pass before training
+    #: (stored with the checkpoints) instead of at each step with the adapters switched off. Always on with
+    #: --init-from or a trained connector / fully trained part: their start is not "the adapters off".
+    precompute_reference: bool = False
 
     def __post_init__(self):
         for key in ("micro_batch_size", "gradient_accumulation"):
@@ -251,6 +273,11 @@ class ScheduleSpec:
         _require(0 <= self.warmup_ratio < 1, "schedule.warmup_ratio", self.warmup_ratio, "in [0, 1)")
         _require(0 <= self.min_lr_ratio <= 1, "schedule.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
         _require(self.max_grad_norm >= 0, "schedule.max_grad_norm", self.max_grad_norm, ">= 0 (0: no clipping)")
+        _one_of(self.objective, OBJECTIVES, "schedule.objective")
+        _require(self.beta > 0, "schedule.beta", self.beta, "positive")
+        _require(0 <= self.label_smoothing < 0.5, "schedule.label_smoothing", self.label_smoothing, "in [0, 0.5)")
+        for key in ("preference_weight", "quality_weight", "generation_weight"):
+            _require(getattr(self, key) >= 0, f"schedule.{key}", getattr(self, key), ">= 0")
         if self.global_batch_size is not None and self.global_batch_size % (
                 self.micro_batch_size * self.gradient_accumulation):
             raise ConfigError(
@@ -304,3 +331,7 @@ class ExperimentSpec:
         if mode not in modes:
             raise ConfigError(f"model.family={self.model.family!r} and data.tiling.mode={mode!r} contradict: "
                               f"{self.model.family} tiles with {' or '.join(map(repr, modes))}")
+        if self.schedule.objective != "sft" and self.data.packing:
+            raise ConfigError(f"data.packing=True and schedule.objective={self.schedule.objective!r} contradict: "
+                              "a preference pair trains as two padded rows (packing would mix rows across "
+                              "pairs); set data.packing=False")

@@ -254,6 +254,47 @@ def test_an_image_that_appears_later_rebuilds_its_rows(tmp_path, facts, images):
     assert len(after) == len(before) + 2
 
 
+def test_an_image_replaced_between_runs_re_encodes_only_its_rows_and_trains_them(tmp_path, facts, images,
+                                                                                   monkeypatch, caplog):
+    model, info, tokenizer = facts
+    _copy_images(images, tmp_path)
+    spec = _spec(model, _write_formats(tmp_path, "llava"))
+    root = tmp_path / "cache"
+    before = build_dataset(spec, tokenizer, info, cache_dir=root)
+    Image.new("RGB", (400, 100), (9, 9, 9)).save(tmp_path / "img1.png")  # same path, 4 tiles now, not 2
+    real, encoded = rows_module.encode_row, []
+
+    def counting(sample, pipeline):
+        encoded.append(sample.where)
+        return real(sample, pipeline)
+
+    monkeypatch.setattr(rows_module, "encode_row", counting)
+    monkeypatch.setattr(rows_module, "_encode_into", lambda *a, **k: pytest.fail("the whole cache was built again"))
+    after = build_dataset(spec, tokenizer, info, cache_dir=root)
+    assert sorted(encoded) == [f"{tmp_path / 'train.json'}:s1", f"{tmp_path / 'train.json'}:s5"]  # img1's rows
+    assert after.rows.path == before.rows.path and "2 row(s) whose images changed" in after.cache_line
+    _same(after, build_dataset(spec, tokenizer, info, cache=False))  # the oracle: encoded without a cache
+    replaced = [i for i, s in enumerate(after.samples) if [Path(p).name for p in s.images] == ["img1.png"]]
+    assert replaced and all(after.tiles[i] > before.tiles[i] for i in replaced)
+    for i in replaced:  # trained: the pixels match the row, the replies keep their labels
+        item = after[i]
+        assert len(item["pixel_values"]) == after.tiles[i] and (item["labels"] != -100).any()
+    assert "when the data was read" not in caplog.text and not after.stats.failed_in_training
+    encoded.clear()
+    assert build_dataset(spec, tokenizer, info, cache_dir=root).rows.built_in is None and not encoded
+
+
+def test_an_image_replaced_while_training_is_still_caught_when_loaded(tmp_path, facts, images, caplog):
+    model, info, tokenizer = facts
+    _copy_images(images, tmp_path)
+    spec = _spec(model, _write_formats(tmp_path, "llava"))
+    dataset = build_dataset(spec, tokenizer, info, cache_dir=tmp_path / "cache")
+    Image.new("RGB", (400, 100), (9, 9, 9)).save(tmp_path / "img1.png")  # after the cache was opened
+    i = next(i for i, s in enumerate(dataset.samples) if [Path(p).name for p in s.images] == ["img1.png"])
+    assert (dataset[i]["labels"] == -100).all()
+    assert "when the data was read (was an image replaced during training?)" in caplog.text
+
+
 def test_caches_can_be_listed_and_cleared(tmp_path, facts, images):
     model, info, tokenizer = facts
     _copy_images(images, tmp_path)

@@ -94,6 +94,37 @@ def test_a_crash_during_save_leaves_a_dir_resume_never_picks(config, tmp_path, m
     assert (work / "latest").read_text().strip() == "checkpoint-5"
 
 
+def test_a_resume_after_an_image_was_replaced_trains_that_sample_encoded_again(tmp_path, colour_base,
+                                                                                colour_experiment, monkeypatch,
+                                                                                caplog):
+    from PIL import Image
+
+    from vlft.data.dataset import CachedDataset
+
+    config = colour_experiment(tmp_path / "exp", base=colour_base, data={"num_workers": 0})
+    work = tmp_path / "work"
+    with pytest.raises(TrainingInterrupted):
+        train_from_config(config, work_dir=str(work), deepspeed="none", on_step=_interrupt_at(3))
+    Image.new("RGB", (400, 100), (220, 30, 30)).save(tmp_path / "exp" / "0.png")  # same path, more tiles
+    real, seen = CachedDataset.__getitem__, []
+
+    def spy(self, index):
+        item = real(self, index)
+        if self.samples[index].images[0].endswith("/0.png"):
+            seen.append(item)
+        return item
+
+    monkeypatch.setattr(CachedDataset, "__getitem__", spy)
+    result = CliRunner().invoke(main, ["train", str(config), "--work-dir", str(work), "--resume", "auto",
+                                       "--deepspeed", "none"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "1 row(s) whose images changed since it was built encoded again" in result.output
+    assert seen, "the replaced sample was not trained after the resume"
+    for item in seen:  # its new tiles, and its reply trained: not a row of ignored labels
+        assert len(item["pixel_values"]) > 2 and (item["labels"] != -100).any()
+    assert "when the data was read" not in result.output + caplog.text
+
+
 def _fake_checkpoint(path: Path, step: int, *, marker=True, state=True, config=None) -> Path:
     path.mkdir(parents=True)
     if marker:

@@ -357,3 +357,24 @@ def test_resuming_in_a_read_only_work_dir_is_one_line_before_the_model_loads(zer
     assert result.exit_code == 2, result.output + repr(result.exception)
     (line,) = result.stderr.strip().splitlines()
     assert line == f"error: {work}: the work dir is on a read-only filesystem; choose another --work-dir"
+
+
+def test_a_resume_from_deepspeed_state_of_another_pickle_protocol_prints_no_library_warning(zero2_config, tmp_path,
+                                                                                            recwarn):
+    """DeepSpeed state pickled with protocol 3 (as another torch or DeepSpeed than ours may write it): torch's
+    weights-only loader reads it and warns about the protocol, which tells the user nothing they can act on."""
+    work = tmp_path / "work"
+    with pytest.raises(TrainingInterrupted):
+        train_from_config(zero2_config, work_dir=str(work), on_step=_stop_at(10))
+    ckpt = work / "checkpoint-10"
+    state_files = sorted((ckpt / "ds_state").rglob("*.pt"))
+    assert state_files
+    for file in state_files:
+        torch.save(torch.load(file, weights_only=False), file, pickle_protocol=3)
+    write_manifest(ckpt)                                      # the rewritten files are the checkpoint's own
+    recwarn.clear()
+    result = CliRunner().invoke(main, ["train", str(zero2_config), "--work-dir", str(work), "--resume", "auto"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert f"resuming from {ckpt} (step 10" in result.output and "done: 12 steps" in result.output
+    noted = [str(w.message) for w in recwarn if "pickle protocol" in str(w.message)]
+    assert noted == [] and "pickle protocol" not in result.output

@@ -8,11 +8,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vlft.tiny.checkpoints import TinySizes
+
 BASES = {
     "internvl_hf": ("make_tiny_internvl_hf", {}),
     "llava_hf": ("make_tiny_llava_hf", {}),
     "chat_internlm2": ("make_tiny_internvl_chat", {"llm": "internlm2"}),
     "chat_qwen2": ("make_tiny_internvl_chat", {"llm": "qwen2"}),
+    "smolvlm_hf": ("make_tiny_smolvlm_hf", {}),
+    # 4 vision layers: the fewest llama.cpp's converter names (--to gguf)
+    "chat_qwen2_4layer_tower": ("make_tiny_internvl_chat", {"llm": "qwen2", "sizes": TinySizes(vision_layers=4)}),
+    "chat_internlm2_4layer_tower": ("make_tiny_internvl_chat", {"llm": "internlm2", "sentencepiece": True,
+                                                                "sizes": TinySizes(vision_layers=4)}),
 }
 
 #: name -> (base, family, template, model overrides, data overrides)
@@ -27,6 +34,10 @@ CHECKPOINTS = {
     "chat_internlm2_lora": ("chat_internlm2", "internvl", "internlm2-chat", {}, {"tiling": {"max_tiles": 6}}),
     "chat_qwen2_lora": ("chat_qwen2", "internvl", "internvl2_5", {}, {"tiling": {"max_tiles": 3,
                                                                                  "use_thumbnail": True}}),
+    "smolvlm_lora": ("smolvlm_hf", "smolvlm", "smolvlm", {}, {"tiling": {"mode": "split"}}),
+    "chat_internlm2_gguf_lora": ("chat_internlm2_4layer_tower", "internvl", "internlm2-chat", {}, {}),
+    "chat_qwen2_gguf_lora": ("chat_qwen2_4layer_tower", "internvl", "internvl2_5", {},
+                             {"tiling": {"max_tiles": 3, "use_thumbnail": True}}),
 }
 
 

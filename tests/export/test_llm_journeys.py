@@ -138,7 +138,8 @@ def test_convert_help_lists_every_target_with_the_lora_route():
     result = CliRunner().invoke(main, ["convert", "--help"])
     assert result.exit_code == 0
     text = " ".join(result.output.split())
-    assert "[hf|internvl-chat|lora]" in text
+    assert "[hf|internvl-chat|lora|gguf]" in text
+    assert "gguf: GGUF + mmproj for llama.cpp and Ollama" in text
     assert "lora: the LLM's LoRA as a PEFT adapter for `vllm serve BASE --enable-lora`" in text
     assert "model.connector.train=False" in text
 

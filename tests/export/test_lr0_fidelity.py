@@ -35,6 +35,8 @@ CASES = {
                           None, "vicuna_v1", {"mode": "pad_square", "max_tiles": 1}, ["hf"]),
     "llava_next": (lambda d: tiny.make_tiny_llava_next_hf(d), None, "vicuna_v1", {"mode": "anyres"}, ["hf"]),
     "llava_onevision": (lambda d: tiny.make_tiny_llava_onevision_hf(d), None, "chatml", {"mode": "anyres"}, ["hf"]),
+    "idefics3": (lambda d: tiny.make_tiny_idefics3_hf(d), None, "chatml", {"mode": "split"}, ["hf"]),
+    "smolvlm": (lambda d: tiny.make_tiny_smolvlm_hf(d), None, "chatml", {"mode": "split"}, ["hf"]),
 }
 
 

@@ -42,7 +42,8 @@ def test_the_internvl_chat_layout_is_internvl_and_unknown_configs_are_no_family(
 def test_internvl_wraps_its_image_run_and_llava_does_not():
     assert INTERNVL.image_tokens == ImageTokens("<IMG_CONTEXT>", "<img>", "</img>") and INTERNVL.image_tokens.wraps
     assert LLAVA.image_tokens == ImageTokens("<image>") and not LLAVA.image_tokens.wraps
-    assert INTERNVL.export_targets == ("hf", "internvl-chat", "lora") and LLAVA.export_targets == ("hf", "lora")
+    assert INTERNVL.export_targets == ("hf", "internvl-chat", "lora", "gguf") and LLAVA.export_targets == ("hf", "lora")
+    assert LLAVA.export_refusal("gguf") and INTERNVL.export_refusal("gguf") is None
 
 
 @pytest.mark.battery("model-dirs", was="traceback")

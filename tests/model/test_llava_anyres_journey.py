@@ -191,3 +191,41 @@ def test_an_llm_lora_run_exports_to_lora_and_verifies_on_the_official_class(base
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert json.loads((out / "vlft_lora.json").read_text())["layout"] == "hf"
     assert (out / "adapter_model.safetensors").is_file()
+
+
+#: family -> the shipped config a user of that family starts from
+SHIPPED = {"llava_next": "llava_next_7b_lora", "llava_onevision": "llava_onevision_0_5b_lora"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_shipped_config_trains_on_a_tiny_base_merges_and_converts_to_hf_and_lora(bases, tmp_path, family):
+    """The shipped config as a user copies it, only pointed at a tiny base and sized for a CPU; the connector
+    is frozen so that the LLM's LoRA alone is the change, which `--to lora` exports."""
+    from vlft.shipped import shipped_configs
+
+    data = _data(tmp_path / "data")
+    config = shipped_configs()[SHIPPED[family]]
+    options = ["--cfg-options", f"model_path={bases[family]}", f"data_path={data}", f"image_root={data.parent}",
+               "max_length=512", "lora_r=8", "model.dtype=float32", "model.attn_implementation=eager",
+               "model.connector.train=False", "schedule.max_steps=3", "schedule.micro_batch_size=2",
+               "schedule.gradient_accumulation=1", "engine.save_steps=3", "engine.logging_steps=1"]
+    runner = CliRunner()
+    result = runner.invoke(main, ["check-data", str(config), *options])
+    assert result.exit_code == 0, result.output
+    assert "note:" not in result.output                       # the config says what the base wants
+    work = tmp_path / "work"
+    result = runner.invoke(main, ["train", str(config), "--work-dir", str(work), "--deepspeed", "none", *options])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    ckpt = work / "checkpoint-3"
+    merged = tmp_path / "merged"
+    result = runner.invoke(main, ["merge", str(ckpt), str(merged), "--dtype", "fp32"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    result = runner.invoke(main, ["convert", str(merged), str(tmp_path / "hf"), "--to", "hf", "--verify",
+                                  "--dtype", "fp32"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "verify (hf)" in result.output and "max |Δlogit|" in result.output
+    written, original = (json.loads((d / "config.json").read_text()) for d in (tmp_path / "hf", bases[family]))
+    assert written["architectures"] == original["architectures"]
+    result = runner.invoke(main, ["convert", str(ckpt), str(tmp_path / "lora"), "--to", "lora", "--verify"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "verify: peft on the official class = merged logits" in result.output

@@ -41,6 +41,15 @@ def test_merge_memory_bench_runs_at_toy_sizes():
         assert contender in output, contender
 
 
+@pytest.mark.skipif(not os.environ.get("LLAMA_CPP_DIR"),
+                    reason="set LLAMA_CPP_DIR (llama.cpp's source, see tools/bench/README.md) to run llama.cpp's converter")
+def test_gguf_bench_runs_at_toy_sizes():
+    output = _run("bench_gguf.py", "--tiny")
+    assert "tiny shapes (smoke test, no figures)" in output
+    for line in ("converter's own (no model)", "vlft convert --to gguf", "budget 1.5 x largest shard"):
+        assert line in output, line
+
+
 def test_train_bench_runs_on_a_handful_of_samples():
     output = _run("bench_train.py", "--samples", "8", "--micro-batch", "2", "--accumulation", "1", "--pack-rows", "1")
     for contender in ("transformers Trainer + peft, padding", "vlft, padding", "vlft, packing"):
@@ -82,3 +91,11 @@ def test_peers_bench_trains_llamafactory_and_swift_beside_vlft_at_toy_sizes():
         assert "cannot train here" not in rows[contender], output[-3000:]
     trainable = {rows[c].split(" | ")[6] for c in ("vlft, padding", "LLaMA-Factory, padding", "ms-swift, padding")}
     assert len(trainable) == 1, trainable  # the same LoRA and connector: the same trainable count
+
+
+def test_dpo_bench_runs_at_toy_sizes():
+    output = _run("bench_dpo.py", "--tiny", "--model", "llava")
+    assert "tiny shapes (smoke test, no figures)" in output
+    for side in ("sft (2 rows per micro batch)", "dpo, reference = adapters off", "dpo, reference precomputed",
+                 "trl DPOTrainer + peft"):
+        assert side in output, side

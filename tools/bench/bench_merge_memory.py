@@ -46,7 +46,8 @@ TEXT = dict(model_type="llama", hidden_size=2048, num_hidden_layers=24, num_atte
                                                                               "rope_theta": 1000000.0})
 
 #: --tiny: the same layout at toy sizes, so the test suite can run the whole benchmark in seconds.
-TINY_VISION = {**VISION, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+#: 4 vision layers: the fewest llama.cpp's converter takes (bench_gguf.py --tiny builds this base too).
+TINY_VISION = {**VISION, "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
                "intermediate_size": 128, "image_size": 56}
 TINY_TEXT = {**TEXT, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
              "intermediate_size": 128}

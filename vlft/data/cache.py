@@ -29,7 +29,7 @@ from vlft.errors import DataError
 
 CACHE_ENV = "VLFT_CACHE_DIR"
 META = "meta.json"
-FORMAT = 1            # bump when the layout changes; part of every key
+FORMAT = 2            # bump when the layout changes; part of every key (2: rows record their images' stat)
 _BUILDING = ".building-"
 _STALE = ".stale-"
 

@@ -31,7 +31,7 @@ from vlft.data.record import Sample
 from vlft.data.rows import EncodedRows, encode_rows
 from vlft.data.templates import ChatTemplate, get_template
 from vlft.data.tiling import ImageError, ImageNotFoundError, TilingSpec, load_image, num_tiles, read_image_header, \
-    shared_tile_budget, tiles_for_image
+    shared_tile_budget, split_grid, tiles_for_image
 from vlft.errors import ConfigError, DataError
 from vlft.families import family_named, normalisation_of
 
@@ -55,6 +55,11 @@ class DataPipeline:
     #: tiles (unpadded grid + one newline per row). None: every tile gives tokens_per_tile tokens.
     anyres: AnyResGrid | None = None
 
+    @property
+    def counts_by_size(self) -> bool:
+        """Whether an image's tokens follow its size, not only its tile count (AnyRes packing, split grids)."""
+        return self.anyres is not None or getattr(self.tiling, "mode", None) == "split"
+
     def tile_counts(self, sample: Sample) -> list[int]:
         """Tiles per image from the image headers only (no decoding); several images share the budget."""
         return self.tile_counts_for_sizes(sample, [_image_size(path, sample) for path in sample.images])
@@ -70,23 +75,31 @@ class DataPipeline:
             return tiles * self.tokens_per_tile
         return self.anyres.token_count((height, width), self.tokens_per_tile)
 
+    def image_run(self, width: int, height: int, tiles: int) -> int | tuple[int, ...]:
+        """How one image is written in the ids: its context-token count (the run is start + context*n + end),
+        or, for a family that marks each split tile (Idefics3 / SmolVLM), the image's whole run of ids."""
+        if self.tiling.mode == "split" and self.image_tokens.split_run is not None:
+            rows, cols = split_grid(width, height, self.tiling)
+            return tuple(self.image_tokens.split_run(self.tokenizer, rows, cols, self.tokens_per_tile))
+        return self.tokens_for(width, height, tiles)
+
     def image_tokens_per_image(self, sizes: Sequence[tuple[int, int]], counts: Sequence[int], *,
-                               where: str = "prompt") -> list[int]:
-        """tokens_for of each image ((width, height) and tiles each, in placeholder order)."""
+                               where: str = "prompt") -> list[int | tuple[int, ...]]:
+        """image_run of each image ((width, height) and tiles each, in placeholder order)."""
         if self.anyres is not None and self.anyres.max_tiles_of_features is not None and len(sizes) > 1:
             # transformers' OneVision gives each image of a multi-image sample its base tile only
             # (batch_num_images); vlft's packing always tiles, so it would train on other features.
             raise SampleError(f"{where}: {len(sizes)} images in one sample: LLaVA-OneVision's multi-image "
                               "features (one tile per image) are not supported by vlft; use one image per sample",
                               BAD_SAMPLE)
-        return [self.tokens_for(w, h, c) for (w, h), c in zip(sizes, counts)]
+        return [self.image_run(w, h, c) for (w, h), c in zip(sizes, counts)]
 
     def encode(self, sample: Sample, tile_counts: list[int] | None = None,
                sizes: Sequence[tuple[int, int]] | None = None) -> EncodedSample:
         """``sizes``: (width, height) of each image as shown (read from the headers when not given)."""
         counts = self.tile_counts(sample) if tile_counts is None else tile_counts
         if sizes is None:
-            sizes = [_image_size(path, sample) for path in sample.images] if self.anyres is not None else \
+            sizes = [_image_size(path, sample) for path in sample.images] if self.counts_by_size else \
                 [(0, 0)] * len(counts)
         return encode_sample(sample, self.tokenizer, self.template, image_tokens=self.image_tokens,
                              tokens_per_image=self.image_tokens_per_image(sizes, counts, where=sample.where),
@@ -117,7 +130,7 @@ def pipeline_from_spec(spec, tokenizer, info) -> DataPipeline:
     pinpoints = anyres_pinpoints(settings, info)
     tiling = TilingSpec(mode=settings.mode, tile_size=tile_size, min_tiles=settings.min_tiles,
                         max_tiles=settings.max_tiles, use_thumbnail=settings.use_thumbnail,
-                        grid_pinpoints=pinpoints, mean=mean, std=std)
+                        grid_pinpoints=pinpoints, mean=mean, std=std, longest_edge=settings.longest_edge or 0)
     try:
         template = get_template(spec.data.template)
     except KeyError as exc:
@@ -197,20 +210,7 @@ class SupervisedDataset(Dataset):
         self.tiles: list[int] = []
         self.sizes: list[torch.Tensor] = []  # [images, 2] (height, width) each, as the headers said
         for sample in samples:
-            problem, reason = None, None
-            try:
-                sizes = [_image_size(path, sample) for path in sample.images]
-                counts = pipeline.tile_counts(sample)
-                encoded = pipeline.encode(sample, counts, sizes)
-                if len(encoded.input_ids) > pipeline.max_length:
-                    reason = TOO_LONG
-                    problem = (f"{sample.where}: {len(encoded.input_ids)} tokens > data.max_length="
-                               f"{pipeline.max_length} (never cut inside an image; dropped)")
-            except SampleError as exc:
-                reason, problem = exc.kind, str(exc)
-            except ImageError as exc:
-                reason = MISSING_IMAGE if isinstance(exc, ImageNotFoundError) else UNREADABLE_IMAGE
-                problem = f"{sample.where}: {exc}"
+            encoded, sizes, counts, reason, problem = encode_checked(sample, pipeline)
             if problem is not None:
                 if on_bad_sample == "error":
                     raise DataError(f"{problem} (data.on_bad_sample='error'; set 'skip' to drop such samples)")
@@ -279,6 +279,27 @@ class SupervisedDataset(Dataset):
                 log.warning(f"warning: {line}; skipped: trained with every label ignored "
                             "(data.on_bad_sample='skip')")
             raise
+
+
+def encode_checked(sample: Sample, pipeline: DataPipeline, answers: Sequence[Sample] = ()):
+    """(encoded, header sizes, tile counts, None, None) of a sample training keeps, or (.., kind, "file:id: what")
+    of one it drops (an image header, a bad sample, too long). ``answers``: more conversations with the same
+    images (a preference pair's two sides), encoded with the same tiles; ``encoded`` is then one per answer."""
+    encoded = sizes = counts = None
+    try:
+        sizes = [_image_size(path, sample) for path in sample.images]
+        counts = pipeline.tile_counts(sample)
+        encoded = [pipeline.encode(one, counts, sizes) for one in (answers or [sample])]
+        longest = max(len(e.input_ids) for e in encoded)
+        if longest > pipeline.max_length:
+            return encoded, sizes, counts, TOO_LONG, (f"{sample.where}: {longest} tokens > data.max_length="
+                                                      f"{pipeline.max_length} (never cut inside an image; dropped)")
+    except SampleError as exc:
+        return encoded, sizes, counts, exc.kind, str(exc)
+    except ImageError as exc:
+        kind = MISSING_IMAGE if isinstance(exc, ImageNotFoundError) else UNREADABLE_IMAGE
+        return encoded, sizes, counts, kind, f"{sample.where}: {exc}"
+    return (encoded if answers else encoded[0]), sizes, counts, None, None
 
 
 def _image_size(path: str, sample: Sample) -> tuple[int, int]:

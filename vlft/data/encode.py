@@ -170,14 +170,25 @@ def _encode(pieces: list[tuple[str, bool]], tokenizer, image_tokens: ImageTokens
             raise SampleError(f"{where}: the text contains {image_tokens.start_token} or {image_tokens.end_token} "
                               "literally; only <image> placeholders may mark images")
         run_ends = ([start_id], [end_id])
+    if image_tokens.marker_tokens and need_ids:
+        present = set(ids)
+        literal = [token for token in image_tokens.marker_tokens
+                   if _token_id(tokenizer, token, required=False) in present]
+        if literal:
+            raise SampleError(f"{where}: the text contains {literal[0]} literally, which marks image tiles; only "
+                              "<image> placeholders may mark images")
 
     input_ids: list[int] = []
     labels: list[int] = []
     spans: list[tuple[int, int]] = []
     n_images = 0
+    n_context = 0
     for token_id, trained in zip(ids, flags):
         if token_id == context_id:
-            run = run_ends[0] + [context_id] * tokens_per_image[n_images] + run_ends[1]
+            given = tokens_per_image[n_images]
+            # An int is a count (start + context*n + end); a tuple is the image's whole run (split tiles).
+            run = list(given) if isinstance(given, tuple) else run_ends[0] + [context_id] * given + run_ends[1]
+            n_context += run.count(context_id)
             spans.append((len(input_ids), len(input_ids) + len(run)))
             input_ids += run
             labels += [IGNORE_INDEX] * len(run)
@@ -185,7 +196,7 @@ def _encode(pieces: list[tuple[str, bool]], tokenizer, image_tokens: ImageTokens
         else:
             input_ids.append(token_id)
             labels.append(token_id if trained else IGNORE_INDEX)
-    return EncodedSample(input_ids=input_ids, labels=labels, num_image_tokens=sum(tokens_per_image),
+    return EncodedSample(input_ids=input_ids, labels=labels, num_image_tokens=n_context,
                          image_spans=tuple(spans))
 
 
@@ -193,7 +204,8 @@ def _check_tokens_per_image(tokens_per_image: Sequence[int], n_images: int, wher
     if len(tokens_per_image) != n_images:
         raise SampleError(f"{where}: {_plural(n_images, 'image')} but {len(tokens_per_image)} "
                           "entries in tokens_per_image")
-    bad = [n for n in tokens_per_image if not isinstance(n, numbers.Integral) or n < 1]
+    bad = [n for n in tokens_per_image if not (isinstance(n, tuple) and n) and (not isinstance(n, numbers.Integral)
+                                                                              or n < 1)]
     if bad:
         raise SampleError(f"{where}: tokens_per_image must be positive integers, got {list(tokens_per_image)}")
 
@@ -207,7 +219,8 @@ def encode_sample(sample: Sample, tokenizer, template: ChatTemplate, *, image_to
         tokenizer: a transformers tokenizer that knows the template's and the image tokens as special tokens.
         template: the chat format (``get_template(name)``).
         image_tokens: how an image is written in the ids (the model family's ``image_tokens``).
-        tokens_per_image: context tokens of image k (tokens per tile x tiles for InternVL; 576 for LLaVA-1.5).
+        tokens_per_image: context tokens of image k (tokens per tile x tiles for InternVL; 576 for LLaVA-1.5),
+            or image k's whole run of ids (a family that marks each tile: DataPipeline.image_run).
         system_prompt: replaces the template's default system prompt; the sample's own system turn wins.
 
     Raises:

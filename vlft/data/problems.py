@@ -12,6 +12,9 @@ EMPTY_ANSWER = "empty answer"
 BAD_SAMPLE = "bad sample"
 TOO_LONG = "too long"
 NO_SAMPLES = "no usable samples"
+# Only preference pairs (chosen/rejected) have these.
+NO_REJECTED = "no rejected answer"
+IDENTICAL_ANSWERS = "identical chosen and rejected"
 
 # The sample is kept, as read or changed the way LLaVA/InternVL/XTuner readers change it, with a warning.
 LEADING_ASSISTANT = "leading assistant turn dropped"

@@ -60,11 +60,11 @@ def generation_prompt(pipeline: DataPipeline, turns: Sequence[Turn], tiles_per_i
     """Ids of the conversation so far + the assistant header, images expanded exactly as training does.
 
     ``tiles_per_image``: tiles of each image, in placeholder order. ``image_sizes``: (width, height) of each
-    image, which an AnyRes model's token count follows (pipeline.anyres; required there).
+    image, which an AnyRes or split model's token count follows (pipeline.counts_by_size; required there).
     """
     if image_sizes is None:
-        if pipeline.anyres is not None and tiles_per_image:
-            raise ValueError(f"{where}: an AnyRes model counts an image's tokens from its size: pass image_sizes")
+        if pipeline.counts_by_size and tiles_per_image:
+            raise ValueError(f"{where}: this model counts an image's tokens from its size: pass image_sizes")
         image_sizes = [(0, 0)] * len(tiles_per_image)
     tokens = pipeline.image_tokens_per_image(list(image_sizes), list(tiles_per_image), where=where)
     return encode_prompt(turns, pipeline.tokenizer, pipeline.template, image_tokens=pipeline.image_tokens,

@@ -12,9 +12,11 @@ The key is everything that changes the rows: each annotation file's path, size a
 of an InternVL meta, every file of a save_to_disk folder), the source settings (image_root, repeat,
 max_tiles, name, format) and the seed (fractional repeats), the tokenizer's files (content hash) and added
 tokens, every pipeline setting (template, system prompt, tiling and tile size, image tokens, tokens per
-tile, max_length) and the source of `vlft.data` itself. Image files are not in the key (a million stats);
-a row dropped for a missing or unreadable image is built again once that file appears or changes, and an
-image replaced by one of another size is caught when it is loaded (the tile-count check of the dataset).
+tile, max_length) and the source of `vlft.data` itself. Image files are not in the key: each row records
+the size and mtime of its images (stat before the header is read; -1 for a missing file), and opening the
+cache stats them again (no decode) and encodes again only the rows whose images changed, appeared or went
+missing, rewriting the cache under the same key. An image replaced while a run trains is still caught when
+it is loaded (the tile-count check of the dataset).
 """
 from __future__ import annotations
 
@@ -57,12 +59,14 @@ _IN = datasets.Features({
     "images": datasets.List(datasets.Value("string")), "max_tiles": datasets.Value("int32"),
 })
 _INTS = datasets.List(datasets.Value("int32"))
+_LONGS = datasets.List(datasets.Value("int64"))
 _OUT = datasets.Features({
     **{k: v for k, v in _IN.items() if k not in ("roles", "texts")},
     "ids": _INTS, "ids_run_at": _INTS, "ids_run_len": _INTS,
     "labels": _INTS, "labels_run_at": _INTS, "labels_run_len": _INTS,
     "length": datasets.Value("int32"), "image_tokens": datasets.Value("int32"), "tiles": datasets.Value("int32"),
     "tile_counts": _INTS, "widths": _INTS, "heights": _INTS, "orientations": _INTS,
+    "image_bytes": _LONGS, "image_mtimes": _LONGS,  # each image's stat when its header was read (-1: missing)
     "placeholders": datasets.Value("int32"), "has_assistant": datasets.Value("bool"),
     "kind": datasets.Value("string"), "problem": datasets.Value("string"),
 })
@@ -79,6 +83,7 @@ class EncodedRows:
     empty: list[str]                   # datasets with no rows at all
     path: Path | None = None           # the cache folder (None: nothing to cache)
     built_in: float | None = None      # seconds spent encoding; None when an existing cache was opened
+    reencoded: int | None = None       # rows encoded again because their images changed (None: a full build)
     _columns: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -116,6 +121,9 @@ class EncodedRows:
         if self.path is None:
             return "data cache: none (no rows)"
         how = f"built in {self.built_in:.1f} s" if self.built_in is not None else "opened, nothing encoded"
+        if self.reencoded:
+            how = (f"opened; {self.reencoded:,} row(s) whose images changed since it was built encoded again "
+                   f"in {self.built_in:.1f} s")
         return f"data cache: {self.path} ({self.num_rows:,} rows, {how}; `vlft cache list` / `clear`)"
 
 
@@ -178,12 +186,16 @@ def encode_rows(sources: Sequence[DatasetSource], pipeline, *, seed: int, root: 
 
 def _open_or_build(sources, pipeline, *, seed, root, key, num_proc, say) -> EncodedRows:
     opened = disk.open_cache(root, key, on_damaged=say or log.warning)
-    if opened is not None and _bad_images_changed(opened.meta):
-        disk._remove(opened.path)  # a missing or unreadable image was fixed: read those rows again
-        opened = None
     if opened is not None:
-        disk.touch(opened)
-        return _from_cache(opened, built_in=None)
+        changed = rows_with_changed_images(opened.table)
+        if not len(changed):
+            disk.touch(opened)
+            return _from_cache(opened, built_in=None)
+        start = time.perf_counter()
+        patched = _encode_again(opened, changed, sources, pipeline, seed=seed, root=root, key=key)
+        if patched is not None:
+            return replace(_from_cache(patched, built_in=time.perf_counter() - start), reencoded=len(changed))
+        disk._remove(opened.path)  # the annotations no longer give these rows: build it all again
     start = time.perf_counter()
     samples, order, report, empty = read_distinct(sources, seed=seed)
     if not samples:  # nothing to encode or cache
@@ -195,7 +207,6 @@ def _open_or_build(sources, pipeline, *, seed, root, key, num_proc, say) -> Enco
         meta = {"rows": sum(_rows_in(build.path / t) for t in tables), "tables": tables,
                 "read_problems": report.problems, "empty": empty,
                 "read_warnings": [[w.kind, w.where, w.what] for w in report.warnings],
-                "bad_images": _bad_images(build.path, tables),
                 "description": f"{', '.join(s.path for s in sources)} | tokenizer "
                                f"{getattr(pipeline.tokenizer, 'name_or_path', '?')}"}
         final = build.publish(meta, arrays={"order": np.asarray(order, dtype=np.int64)})
@@ -373,6 +384,7 @@ def encode_row(sample: Sample, pipeline) -> dict:
     ids: list[int] = []
     labels: list[int] = []
     image_tokens = 0
+    stats = [_image_stat(path) for path in sample.images]  # before the headers: a later change is seen
     try:
         for path in sample.images:
             headers.append(read_image_header(path))
@@ -393,6 +405,7 @@ def encode_row(sample: Sample, pipeline) -> dict:
             "length": len(ids), "image_tokens": image_tokens, "tiles": sum(counts), "tile_counts": counts,
             "widths": [h.width for h in headers], "heights": [h.height for h in headers],
             "orientations": [h.orientation for h in headers],
+            "image_bytes": [st[0] for st in stats], "image_mtimes": [st[1] for st in stats],
             "placeholders": sum(t.text.count(IMAGE_PLACEHOLDER) for t in sample.turns),
             "has_assistant": any(t.role == "assistant" for t in sample.turns), "kind": kind, "problem": problem}
 
@@ -426,24 +439,80 @@ def _expand(values: np.ndarray, run_at: np.ndarray, run_len: np.ndarray) -> np.n
     return np.repeat(values.astype(np.int64), counts)
 
 
-# ------------------------------------------------------------------------------ rows dropped for an image
+# --------------------------------------------------------------------- rows whose images changed since
 
-def _image_signature(path: str):
+_MISSING = (-1, -1)
+
+
+def _image_stat(path: str) -> tuple[int, int]:
+    """(size, mtime_ns) of an image; (-1, -1) when it cannot be stat'ed."""
     try:
-        return _stat(path)
+        size, mtime = _stat(path)
     except OSError:
+        return _MISSING
+    return size, mtime
+
+
+def rows_with_changed_images(table: pa.Table) -> np.ndarray:
+    """The rows (sorted) with an image whose size or mtime is not what the row recorded: replaced, touched,
+    appeared or gone. One os.stat per image, no decode; a plain loop (a million stats: the syscall is the cost,
+    a dict of seen paths or numpy per item would cost more than it saves)."""
+    images = table.column("images")
+    counts = pc.fill_null(pc.list_value_length(images), 0).to_numpy(zero_copy_only=False)
+    paths = pc.list_flatten(images).to_pylist()
+    sizes = pc.list_flatten(table.column("image_bytes")).to_pylist()
+    mtimes = pc.list_flatten(table.column("image_mtimes")).to_pylist()
+    changed, stat = [], os.stat
+    for i, path in enumerate(paths):
+        try:
+            st = stat(path)
+        except OSError:
+            if sizes[i] != _MISSING[0]:
+                changed.append(i)
+            continue
+        if st.st_size != sizes[i] or st.st_mtime_ns != mtimes[i]:
+            changed.append(i)
+    return np.unique(np.repeat(np.arange(len(counts)), counts)[changed]) if changed else np.zeros(0, np.int64)
+
+
+def _encode_again(opened: disk.OpenedCache, changed: np.ndarray, sources, pipeline, *, seed: int, root: Path,
+                  key: str) -> disk.OpenedCache | None:
+    """The cache with only the `changed` rows encoded again (the others copied), published under the same key;
+    None when the annotations no longer give the same rows (the caller builds everything again)."""
+    samples, order, _, _ = read_distinct(sources, seed=seed)  # the turns: the cache does not keep them
+    table = opened.table
+    if len(samples) != table.num_rows or not np.array_equal(order, opened.arrays["order"]):
         return None
-
-
-def _bad_images(folder: Path, tables: list[str]) -> dict:
-    """{image path: [size, mtime] or None} of the images that dropped rows (missing or unreadable)."""
-    table = disk._read_tables([folder / t for t in tables])
-    kinds = table.column("kind")
-    bad = pc.is_in(kinds, value_set=pa.array([MISSING_IMAGE, UNREADABLE_IMAGE]))
-    paths = {p for images in table.filter(bad).column("images").to_pylist() for p in images}
-    return {p: _image_signature(p) for p in sorted(paths)}
-
-
-def _bad_images_changed(meta: dict) -> bool:
-    return any(_image_signature(path) != (sig if sig is None else list(sig))
-               for path, sig in meta.get("bad_images", {}).items())
+    sources_ids = table.select(["source", "id"]).take(pa.array(changed)).to_pylist()
+    fresh = []
+    for row, was in zip(changed.tolist(), sources_ids):
+        sample = samples[row]
+        if (sample.source, sample.id) != (was["source"], was["id"]):
+            return None
+        encoded = encode_row(sample, pipeline)
+        if encoded["kind"] == FATAL:
+            raise DataError(encoded["problem"])
+        fresh.append({"source": sample.source, "id": sample.id, "dataset": sample.dataset,
+                      "images": list(sample.images), "max_tiles": sample.max_tiles, **encoded})
+    del samples
+    fresh_table = pa.Table.from_pylist(fresh, schema=table.schema)
+    with disk.BuildDir(root, key) as build:
+        with pa.OSFile(str(build.path / "rows.arrow"), "wb") as sink, \
+                pa.ipc.new_stream(sink, table.schema) as writer:
+            start = 0
+            for k, row in enumerate(changed.tolist()):  # unchanged stretches are written as they are
+                writer.write_table(table.slice(start, row - start))
+                writer.write_table(fresh_table.slice(k, 1))
+                start = row + 1
+            writer.write_table(table.slice(start))
+        meta = {k: v for k, v in opened.meta.items() if k not in ("format", "key", "files", "arrays", "created")}
+        arrays = {name: np.array(array) for name, array in opened.arrays.items()}  # off the old files
+        old = opened.path
+        del opened, table
+        disk._remove(old)  # publish renames into the key's folder: it must be free
+        final = build.publish({**meta, "tables": ["rows.arrow"]}, arrays=arrays)
+    reopened = disk.open_cache(root, key)
+    if reopened is None or reopened.path != final:
+        raise DataError(f"data cache {final} could not be read back right after it was written: is the disk "
+                        f"full? (free space there, or set {disk.CACHE_ENV})")
+    return reopened

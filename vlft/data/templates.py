@@ -213,6 +213,20 @@ TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in (
         bos="<|begin_of_text|>",
         image_placeholder=LLAVA_IMAGE_PLACEHOLDER,
     ),
+    # Idefics3 / SmolVLM: "User:" + the image first + the question, "<end_of_utterance>" ending each turn, the
+    # reply after "Assistant:" and a space (their chat templates' content-block form). SmolVLM's tokenizer
+    # writes no BOS, its template "<|im_start|>"; Idefics3-8B's Llama-3 tokenizer adds <|begin_of_text|>.
+    *(ChatTemplate(
+        name=name,
+        user="User:{content}<end_of_utterance>\n",
+        assistant_header="Assistant:",
+        reply_prefix=" ",
+        end_of_turn="<end_of_utterance>",
+        separator="\n",
+        stop_words=("<end_of_utterance>",),
+        bos=bos,
+        image_placeholder=LLAVA_IMAGE_PLACEHOLDER,
+    ) for name, bos in (("smolvlm", "<|im_start|>"), ("idefics3", "<|begin_of_text|>"))),
     # Stage-1 captions (LLaVA conv_llava_plain / preprocess_plain): the image(s), the caption, "\n".
     # The user's words are dropped; caption + "\n" is trained. No BOS: set bos="<s>" with replace() to
     # match LLaVA-1.5's stage 1, where the Llama tokenizer prepended it.

@@ -1,4 +1,4 @@
-"""Image -> normalised pixel tiles for the vision encoder (InternVL dynamic, LLaVA-1.5, LLaVA-NeXT).
+"""Image -> normalised pixel tiles for the vision encoder (InternVL dynamic, LLaVA-1.5, LLaVA-NeXT, Idefics3 split).
 
 Pure PIL/numpy/torch. Every mode reproduces the official preprocessing pixel for pixel: the grid choice
 follows transformers' ``GotOcr2ImageProcessorPil`` / ``select_best_resolution``, resizing is PIL bicubic on
@@ -22,7 +22,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-MODES = ("dynamic", "pad_square", "anyres", "resize")
+MODES = ("dynamic", "pad_square", "anyres", "resize", "split")
+#: Idefics3 / SmolVLM processors: no side beyond this after the longest-edge resize (their MAX_IMAGE_SIZE).
+SPLIT_MAX_SIDE = 4096
 
 
 class ImageError(ValueError):
@@ -59,7 +61,8 @@ class TilingSpec:
     """
 
     mode: str = "dynamic"
-    """"dynamic" (InternVL), "pad_square" (LLaVA-1.5), "anyres" (LLaVA-NeXT) or "resize" (one plain tile)."""
+    """"dynamic" (InternVL), "pad_square" (LLaVA-1.5), "anyres" (LLaVA-NeXT), "resize" (one plain tile) or
+    "split" (Idefics3 / SmolVLM: longest-edge resize, tiles of tile_size, then the global image)."""
     tile_size: int = 448
     """Side of a square tile in pixels (InternVL 448, CLIP-336 LLaVA 336)."""
     min_tiles: int = 1
@@ -74,6 +77,9 @@ class TilingSpec:
     """Per-channel mean in [0, 1]; also the pad colour for "pad_square"."""
     std: tuple[float, float, float] = IMAGENET_STD
     """Per-channel std in [0, 1]."""
+    longest_edge: int = 0
+    """"split" only: the image's longest side is resized to this before splitting (the processor's
+    size["longest_edge"]); 0 means 4 x tile_size, the processors' default."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -116,6 +122,10 @@ class TilingSpec:
             object.__setattr__(self, name, floats)
         if any(s <= 0 for s in self.std):
             raise ValueError(f"TilingSpec.std must be positive; got {self.std!r}")
+        if not isinstance(self.longest_edge, int) or self.longest_edge < 0:
+            raise ValueError(f"TilingSpec.longest_edge must be an integer >= 0; got {self.longest_edge!r}")
+        if self.mode == "split" and not self.longest_edge:
+            object.__setattr__(self, "longest_edge", 4 * self.tile_size)
 
 
 @lru_cache(maxsize=64)
@@ -193,6 +203,60 @@ def _fit_inside(width: int, height: int, canvas_w: int, canvas_h: int) -> tuple[
     return min(math.ceil(width * scale_h), canvas_w), canvas_h
 
 
+def _split_resized_size(width: int, height: int, longest_edge: int) -> tuple[int, int]:
+    """(width, height) after the Idefics3 processors' first resize: the longest side to ``longest_edge``, the
+    other by the aspect ratio (truncated, then made even), then capped at SPLIT_MAX_SIDE.
+
+    Example:
+        >>> _split_resized_size(97, 33, 224)
+        (224, 76)
+    """
+    aspect = width / height
+    if width >= height:
+        width = longest_edge
+        height = int(width / aspect)
+        height += height % 2
+    else:
+        height = longest_edge
+        width = int(height * aspect)
+        width += width % 2
+    height, width = max(height, 1), max(width, 1)
+    aspect = width / height
+    if width >= height and width > SPLIT_MAX_SIDE:
+        width, height = SPLIT_MAX_SIDE, int(SPLIT_MAX_SIDE / aspect)
+    elif height > width and height > SPLIT_MAX_SIDE:
+        height, width = SPLIT_MAX_SIDE, int(SPLIT_MAX_SIDE * aspect)
+    return max(width, 1), max(height, 1)
+
+
+def _split_canvas_size(width: int, height: int, tile: int) -> tuple[int, int]:
+    """(width, height) rounded up to whole tiles, the longer side first, as the processors'
+    resize_for_vision_encoder (the shorter side is re-derived from the aspect ratio, then rounded up)."""
+    aspect = width / height
+    if width >= height:
+        width = math.ceil(width / tile) * tile
+        height = math.ceil(int(width / aspect) / tile) * tile
+    else:
+        height = math.ceil(height / tile) * tile
+        width = math.ceil(int(height * aspect) / tile) * tile
+    return width, height
+
+
+def split_grid(width: int, height: int, spec: TilingSpec) -> tuple[int, int]:
+    """(rows, cols) of the "split" tiles of an image of ``width`` x ``height``; (0, 0) when the image fits one
+    tile (then it is the global image alone), as Idefics3Processor's rows / cols.
+
+    Example:
+        >>> spec = TilingSpec(mode="split", tile_size=56)
+        >>> split_grid(97, 33, spec), split_grid(20, 20, spec), TilingSpec(mode="split", tile_size=56, longest_edge=56).longest_edge
+        ((2, 4), (4, 4), 56)
+    """
+    canvas_w, canvas_h = _split_canvas_size(*_split_resized_size(width, height, spec.longest_edge), spec.tile_size)
+    if canvas_w <= spec.tile_size and canvas_h <= spec.tile_size:
+        return 0, 0
+    return canvas_h // spec.tile_size, canvas_w // spec.tile_size
+
+
 def _resolve_max(spec: TilingSpec, max_tiles: int | None) -> int:
     if max_tiles is None:
         return spec.max_tiles
@@ -224,6 +288,9 @@ def num_tiles(width: int, height: int, spec: TilingSpec, max_tiles: int | None =
     if spec.mode == "anyres":
         canvas_h, canvas_w = _select_best_resolution(width, height, spec.grid_pinpoints)
         return 1 + (canvas_h // spec.tile_size) * (canvas_w // spec.tile_size)
+    if spec.mode == "split":
+        rows, cols = split_grid(width, height, spec)
+        return rows * cols + 1 if rows else 1
     return 1
 
 
@@ -338,9 +405,12 @@ def tiles_for_image(image: Image.Image, spec: TilingSpec, max_tiles: int | None 
     - "anyres": the base image (whole image squashed to one tile) FIRST, then the tiles of the
       aspect-preserving fit into the best pinpoint, padded with black.
     - "resize": the image squashed to one tile.
+    - "split": the longest side resized to ``spec.longest_edge``, the canvas rounded up to whole tiles, its
+      tiles row-major, then the global image (the canvas squashed to one tile) LAST; a canvas of one tile is
+      the global image alone. Every resize is LANCZOS, as the Idefics3 / SmolVLM image processors do.
 
     ``max_tiles`` overrides ``spec.max_tiles`` for "dynamic" (a per-dataset or shared budget).
-    "anyres" ignores it: the model re-derives the grid from the image size and its own pinpoints, so
+    "anyres" and "split" ignore it: the model re-derives the grid from the image size and its own pinpoints, so
     a budget would desynchronise the two; pass fewer pinpoints instead.
 
     Example:
@@ -372,6 +442,17 @@ def tiles_for_image(image: Image.Image, spec: TilingSpec, max_tiles: int | None 
         padded.paste(image.resize((fit_w, fit_h), Image.BICUBIC), ((canvas_w - fit_w) // 2, (canvas_h - fit_h) // 2))
         tiles = _normalized_tiles(padded, spec, lead=1)  # [1 + rows*cols, 3, t, t]
         _normalize_resized_into(image, spec, tiles[0])
+        return torch.from_numpy(tiles)
+
+    if spec.mode == "split":
+        # LANCZOS on uint8 at every step, as the Idefics3 / SmolVLM image processors resize.
+        image = image.resize(_split_resized_size(width, height, spec.longest_edge), Image.LANCZOS)
+        image = image.resize(_split_canvas_size(*image.size, size), Image.LANCZOS)
+        if image.width <= size and image.height <= size:
+            return _normalize(image, spec)[None]  # [1, 3, t, t]: the global image alone
+        tiles = _normalized_tiles(image, spec, trail=1)  # [rows*cols + 1, 3, t, t]
+        _normalize_into(np.asarray(image.resize((size, size), Image.LANCZOS), dtype=np.uint8),
+                        _level_table(spec.mean, spec.std), tiles[-1])
         return torch.from_numpy(tiles)
 
     if spec.mode == "pad_square":

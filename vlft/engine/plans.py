@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vlft.data.collate import pack_collate, pad_collate, token_efficiency
+from vlft.data.pair_dataset import pair_collate
 from vlft.data.sampler import plan_batches
 from vlft.engine.checkpoints import TrainerState
 from vlft.specs import ExperimentSpec
@@ -54,8 +55,9 @@ class EpochPlans:
         # A private generator: creating the loader must not draw from the global RNG (dropout), or a
         # resumed run would diverge from an uninterrupted one.
         generator = torch.Generator().manual_seed(self.spec.schedule.seed * 1000 + epoch)
+        collate = pack_collate if packing else pad_collate if self.spec.schedule.objective == "sft" else pair_collate
         return DataLoader(_Rows(self.dataset) if packing else self.dataset, batch_sampler=batches[start:],
-                          collate_fn=functools.partial(pack_collate if packing else pad_collate, pad_token_id=pad_id),
+                          collate_fn=functools.partial(collate, pad_token_id=pad_id),
                           num_workers=self.spec.data.num_workers, generator=generator)
 
     def token_budget(self, steps_per_epoch: int) -> str:

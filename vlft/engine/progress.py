@@ -120,14 +120,16 @@ class TrainLog:
         self._write_text(text)
 
     def step(self, step: int, *, epoch: float, loss: float, lrs: dict[str, float], grad_norm: float | None,
-             tokens: int, samples: int, seconds: float) -> None:
+             tokens: int, samples: int, seconds: float, metrics: dict[str, float] | None = None) -> None:
         """Record one optimizer step; every `logging_steps` steps and at the last one, one JSONL row and
-        one text line (means over the steps since the previous row)."""
+        one text line (means over the steps since the previous row). `metrics`: a preference objective's
+        (reward accuracy, margins, rewards, log-probs, loss terms), logged as train/<name>."""
         if not self.enabled:
             return
         self._tokens_seen += tokens
         self._samples_seen += samples
-        self._window.append(dict(loss=loss, tokens=tokens, samples=samples, seconds=seconds, grad_norm=grad_norm))
+        self._window.append(dict(loss=loss, tokens=tokens, samples=samples, seconds=seconds, grad_norm=grad_norm,
+                                 metrics=metrics or {}))
         lr = next(iter(lrs.values()), 0.0)
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / max(seconds, 1e-9):.0f}",
@@ -144,6 +146,10 @@ class TrainLog:
                "samples_per_s": sum(w["samples"] for w in window) / elapsed,
                "step_time": elapsed / len(window), "tokens_seen": self._tokens_seen,
                "samples_seen": self._samples_seen, "time": time.time()}
+        metric_keys = window[-1]["metrics"]
+        if metric_keys:
+            row["metrics"] = {key: sum(w["metrics"].get(key, 0.0) for w in window) / len(window)
+                              for key in metric_keys}
         self._last_loss = row["loss"]
         self._append(self.path, row)
         line = format_step_line(row, total_steps=self.total_steps, eta=self._eta(step))
@@ -154,18 +160,25 @@ class TrainLog:
                                                          "epoch", "tokens_seen", "samples_seen", "step_time")
                    if row[key] is not None}
         scalars.update({f"train/lr/{part}": value for part, value in lrs.items()})
+        scalars.update({f"train/{key}": value for key, value in row.get("metrics", {}).items()})
         self._track(step, scalars)
 
-    def eval(self, step: int, loss: float, *, samples: int | None = None) -> None:
-        """Record a validation loss (mean over `samples` held-out samples) at `step`."""
+    def eval(self, step: int, loss: float, *, samples: int | None = None,
+             metrics: dict[str, float] | None = None) -> None:
+        """Record a validation loss (mean over `samples` held-out samples) at `step`, and a preference
+        objective's metrics (eval/<name>)."""
         if not self.enabled:
             return
         row = {"step": step, "eval_loss": loss, "eval_samples": samples, "time": time.time()}
+        if metrics:
+            row["eval_metrics"] = metrics
         self._append(self.path, row)
         of_total = f"/{self.total_steps}" if self.total_steps else ""
+        accuracy = next((v for k, v in (metrics or {}).items() if "accurac" in k), None)
         self.echo(f"eval step {step}{of_total} | eval_loss {loss:.4f}" +
+                  (f" | reward accuracy {accuracy:.1%}" if accuracy is not None else "") +
                   (f" | {samples} samples" if samples is not None else ""))
-        self._track(step, {"eval/loss": loss})
+        self._track(step, {"eval/loss": loss, **{f"eval/{key}": value for key, value in (metrics or {}).items()}})
 
     def samples(self, step: int, answers: Sequence[tuple[str, str]], *,
                 images: Sequence[str | None] = ()) -> None:
@@ -242,6 +255,11 @@ def format_step_line(row: dict, *, total_steps: int | None, eta: float | None) -
         lr = f"lr {row['lr']:.2e}"
     parts = [f"step {row['step']}" + (f"/{total_steps}" if total_steps else ""), f"epoch {row['epoch']:.2f}",
              f"loss {row['loss']:.4f}", lr]
+    metrics = row.get("metrics") or {}
+    accuracy = next((v for k, v in metrics.items() if "accurac" in k), None)
+    margin = next((v for k, v in metrics.items() if "margin" in k), None)
+    if accuracy is not None:   # a preference objective's
+        parts.append(f"reward acc {accuracy:.0%}" + (f" margin {margin:.3g}" if margin is not None else ""))
     if row.get("grad_norm") is not None:
         parts.append(f"grad_norm {row['grad_norm']:.4g}")
     parts.append(f"{row['tokens_per_s']:.0f} tok/s")
@@ -316,9 +334,12 @@ def plot_loss(rows: list[dict], out: Path, *, title: str | None = None) -> Path 
     evals = [r for r in rows if "eval_loss" in r and r["eval_loss"] is not None and math.isfinite(r["eval_loss"])]
     if not train and not evals:
         return None
-    figure = Figure(figsize=(8, 4.5), dpi=100)
+    preference = [r for r in train if r.get("metrics")]
+    figure = Figure(figsize=(8, 7 if preference else 4.5), dpi=100)
     FigureCanvasAgg(figure)
-    axis = figure.add_subplot()
+    axis = figure.add_subplot(2, 1, 1) if preference else figure.add_subplot()
+    if preference:
+        _plot_rewards(figure.add_subplot(2, 1, 2), preference, evals)
     steps, losses = [r["step"] for r in train], [r["loss"] for r in train]
     if train:
         axis.plot(steps, losses, color="tab:blue", alpha=0.25, linestyle="none", marker=".", label="train loss")
@@ -356,6 +377,25 @@ def plot_loss(rows: list[dict], out: Path, *, title: str | None = None) -> Path 
     figure.tight_layout()
     figure.savefig(out)
     return Path(out)
+
+
+def _plot_rewards(axis, rows: list[dict], evals: list[dict]) -> None:
+    """A preference objective's panel: reward accuracy (train, eval) and the mean reward margin per step."""
+    steps = [r["step"] for r in rows]
+    for part, colour in (("accurac", "tab:green"), ("margin", "tab:purple")):
+        key = next((k for k in rows[-1]["metrics"] if part in k), None)
+        if key is None:
+            continue
+        target = axis if part == "accurac" else axis.twinx()
+        target.plot(steps, [r["metrics"].get(key, math.nan) for r in rows], color=colour, label=f"train {key}")
+        held = [r for r in evals if key in (r.get("eval_metrics") or {})]
+        if held:
+            target.plot([r["step"] for r in held], [r["eval_metrics"][key] for r in held], color=colour,
+                        marker="o", linestyle="--", label=f"eval {key}")
+        target.set_ylabel(key, color=colour)
+        target.legend(loc="lower right" if part == "accurac" else "upper left", fontsize="small")
+    axis.set_xlabel("step")
+    axis.grid(alpha=0.3)
 
 
 def _write_atomic(path: Path, text: str) -> None:

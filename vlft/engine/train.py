@@ -37,6 +37,7 @@ from vlft.engine.trackers import check_trackers
 from vlft.engine.validation import training_and_validation, validation_loss
 from vlft.errors import ConfigError, DataError
 from vlft.model.base_fingerprint import check_checkpoint_base, fingerprint
+from vlft.model.base_settings import load_config_on_base
 from vlft.model.layouts import detect_layout, safetensors_files
 from vlft.model.trained_state import read_checkpoint_meta
 from vlft.specs import ExperimentSpec
@@ -70,7 +71,8 @@ class _StopAtBoundary(Exception):
 
 def train_from_config(config: str | Path, *, work_dir: str | None = None, deepspeed: str | None = None,
                       cfg_options: Sequence[str] = (), resume: str | None = None, allow_changes: bool = False,
-                      on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+                      on_step: Callable[[int, float], None] | None = None,
+                      init_from: str | None = None) -> TrainResult:
     """`vlft train`: load CONFIG (+ --cfg-options), settle work dir and engine, train.
 
     Args:
@@ -81,23 +83,24 @@ def train_from_config(config: str | Path, *, work_dir: str | None = None, deepsp
             apply from the resume step and are logged. A changed model is always refused.
         on_step: called after every optimizer step with (step, loss); raising KeyboardInterrupt there
             stops training as Ctrl-C does (tests use it).
+        init_from: a checkpoint whose adapters (and trained tensors) the run starts from (--init-from): an SFT
+            adapter continued by a preference objective, whose reference is then that start.
     """
-    from vlft.config import load_config
-
-    spec = load_config(config, cfg_options)
+    spec, base_notes = load_config_on_base(config, cfg_options)
     work_dir = work_dir or spec.engine.work_dir or str(Path("work_dirs") / Path(config).stem)
     choice = engine_choice(deepspeed if deepspeed is not None else spec.engine.deepspeed)
     relative = [f"{key}={value}" for key, value in [*_paths(spec), ("work dir", work_dir)]
                 if not Path(value).expanduser().is_absolute()]
-    notes = [f"relative paths are read from the current directory {Path.cwd()}: {', '.join(relative)}"] \
-        if relative else []
+    notes = [*base_notes, *([f"relative paths are read from the current directory {Path.cwd()}: "
+                             f"{', '.join(relative)}"] if relative else [])]
     return train(resolved_spec(spec, work_dir=work_dir, deepspeed=choice), resume=resume,
-                 allow_changes=allow_changes, on_step=on_step, notes=notes, config_name=str(config))
+                 allow_changes=allow_changes, on_step=on_step, notes=notes, config_name=str(config),
+                 init_from=init_from)
 
 
 def train(spec: ExperimentSpec, *, resume: str | None = None, allow_changes: bool = False,
           on_step: Callable[[int, float], None] | None = None, notes: Sequence[str] = (),
-          config_name: str = "CONFIG") -> TrainResult:
+          config_name: str = "CONFIG", init_from: str | None = None) -> TrainResult:
     """Train as `spec` says (paths absolute, engine.work_dir set: see `resolved_spec`)."""
     from vlft.config import spec_to_dict
 
@@ -114,6 +117,9 @@ def train(spec: ExperimentSpec, *, resume: str | None = None, allow_changes: boo
     check_sample_prompts(spec)
     _check_inputs_exist(spec)
     check_trackers(spec.engine.report_to)
+    init_from = Path(init_from).expanduser().resolve() if init_from is not None else None
+    if init_from is not None:
+        check_checkpoint_base(read_checkpoint_meta(init_from), init_from)
 
     with work_dir_lock(work_dir, enabled=is_main):
         point = resolve_resume(resume, work_dir)
@@ -149,7 +155,8 @@ def train(spec: ExperimentSpec, *, resume: str | None = None, allow_changes: boo
                 if changes:
                     say(f"--resume-allow-changes: applying from step {state.step}: {describe(changes)}")
                 run = _build(spec, log, dist, state=state, resume_from=resume_from, changes=changes,
-                             ds_config=ds_config, global_batch=global_batch, config_name=config_name)
+                             ds_config=ds_config, global_batch=global_batch, config_name=config_name,
+                             init_from=init_from)
                 saver = _Saver(run, ds_config=ds_config, config_record=config_record, base_print=base_print)
                 return _fit(run, saver, stop, on_step=on_step)
             finally:
@@ -174,6 +181,8 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: object
     total_steps: int
+    preference: object | None = None   # vlft.engine.preference.PreferenceObjective (objective != "sft")
+    init_from: Path | None = None
 
     @property
     def world_size(self) -> int:
@@ -181,11 +190,13 @@ class _Run:
 
 
 def _build(spec: ExperimentSpec, log: TrainLog, dist: DistEnv, *, state: TrainerState, resume_from: Path | None,
-           changes: list[Change], ds_config: dict | None, global_batch: int, config_name: str) -> _Run:
+           changes: list[Change], ds_config: dict | None, global_batch: int, config_name: str,
+           init_from: Path | None = None) -> _Run:
     """Model (+ the checkpoint's weights), data and batch plans, optimizer and schedule, the engine."""
     from transformers import set_seed
 
     from vlft.data.dataset import build_dataset
+    from vlft.data.pair_dataset import build_pair_dataset
     from vlft.model.adapters import apply_training_policy
     from vlft.model.load import build_vlm
     from vlft.model.report import format_report, trainable_report
@@ -195,12 +206,16 @@ def _build(spec: ExperimentSpec, log: TrainLog, dist: DistEnv, *, state: Trainer
     set_seed(schedule.seed)
     model, tokenizer = build_vlm(spec.model)
     apply_training_policy(model, spec.model)
-    if resume_from is not None:
-        load_trained_state(model, resume_from)
+    if resume_from is not None or init_from is not None:
+        load_trained_state(model, resume_from or init_from)
+    if init_from is not None and resume_from is None:
+        say(f"starting from {init_from}: its adapters and trained tensors continue")
     say(format_report(trainable_report(model)))
 
     # one process per cache folder encodes; the others wait at the barrier and open what it published
-    encode = functools.partial(build_dataset, builder=builds_cache(dist.rank, dist.local_rank), wait=barrier)
+    preference = schedule.objective != "sft"
+    encode = functools.partial(build_pair_dataset if preference else build_dataset,
+                               builder=builds_cache(dist.rank, dist.local_rank), wait=barrier)
     dataset, held_out = training_and_validation(spec, encode(spec, tokenizer, model.info), tokenizer, model.info,
                                                 encode=encode)
     if getattr(dataset, "cache_line", None):
@@ -256,10 +271,17 @@ def _build(spec: ExperimentSpec, log: TrainLog, dist: DistEnv, *, state: Trainer
             apply_schedule(engine.optimizer, engine.lr_scheduler, planned)
         load_rng_state(rng_file(resume_from, dist.rank))
         say(f"resuming from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batch})")
+    objective = None
+    if preference:
+        from vlft.engine.preference import build_objective
+
+        objective = build_objective(spec, engine.module, dataset, held_out, init_from=init_from,
+                                    resume_from=resume_from, batch_size=schedule.micro_batch_size,
+                                    device=dist.device, say=say)
     log.start(total_steps)
     return _Run(spec=spec, log=log, dist=dist, state=state, resume_from=resume_from, model=model, tokenizer=tokenizer,
                 dataset=dataset, held_out=held_out, plans=plans, engine=engine, optimizer=optimizer,
-                scheduler=scheduler, total_steps=total_steps)
+                scheduler=scheduler, total_steps=total_steps, preference=objective, init_from=init_from)
 
 
 class _Saver:
@@ -287,6 +309,8 @@ class _Saver:
         elif run.dist.is_main:
             save_optimizer_state(tmp, run.optimizer, run.scheduler)
         save_rng_state(rng_file(tmp, run.dist.rank))
+        if run.preference is not None and run.dist.is_main:
+            run.preference.save(tmp)
         with _gathered_for_save(run.model, self.ds_config):
             if run.dist.is_main:
                 run.tokenizer.save_pretrained(str(tmp))
@@ -295,7 +319,8 @@ class _Saver:
                     "config": self.config_record, "step": state.step, "epoch": run.plans.progress(state),
                     "base_model": spec.model.path or {"vision": spec.model.vision.path, "llm": spec.model.llm.path},
                     "base_fingerprint": self.base_print,
-                    "engine": spec.engine.deepspeed or "torch", "world_size": run.world_size})
+                    "engine": spec.engine.deepspeed or "torch", "world_size": run.world_size,
+                    **({"init_from": str(run.init_from)} if run.init_from is not None else {})})
 
 
 def _fit(run: _Run, saver: _Saver, stop: StopRequest, *, on_step) -> TrainResult:
@@ -306,6 +331,14 @@ def _fit(run: _Run, saver: _Saver, stop: StopRequest, *, on_step) -> TrainResult
     accumulation = spec.schedule.gradient_accumulation
 
     def evaluate() -> None:
+        if run.preference is not None:
+            from vlft.engine.preference import preference_validation
+
+            loss, metrics = preference_validation(engine.module, run.preference, run.held_out, rank=dist.rank,
+                                                  world_size=run.world_size, device=dist.device,
+                                                  reference=run.preference.held_reference)
+            log.eval(state.step, loss, samples=len(run.held_out), metrics=metrics)
+            return
         loss = validation_loss(engine.module, run.held_out, rank=dist.rank, world_size=run.world_size,
                                device=dist.device)
         log.eval(state.step, loss, samples=len(run.held_out))
@@ -321,10 +354,15 @@ def _fit(run: _Run, saver: _Saver, stop: StopRequest, *, on_step) -> TrainResult
             batches = plans.for_rank(epoch)
             for inputs in plans.loader(batches, start=batch, epoch=epoch):
                 window.add(inputs, plans.samples_in(batches[batch]))
+                indices = batches[batch]
                 batch += 1
                 has_targets = bool((inputs["labels"][..., 1:] != IGNORE_INDEX).any())
                 inputs = {k: v.to(dist.device) for k, v in inputs.items() if k != "num_tokens"}
-                loss = engine(**inputs, use_cache=False).loss
+                if run.preference is None:
+                    loss = engine(**inputs, use_cache=False).loss
+                else:
+                    loss, metrics = run.preference.loss(engine, inputs, indices)
+                    window.add_metrics(metrics)
                 if not has_targets:            # only samples whose image failed mid-run: NaN loss, zero gradient
                     loss = torch.nan_to_num(loss, nan=0.0)
                 engine.backward(loss)
@@ -342,7 +380,7 @@ def _fit(run: _Run, saver: _Saver, stop: StopRequest, *, on_step) -> TrainResult
                 result.losses.append(step_loss)
                 log.step(state.step, epoch=plans.progress(state), loss=step_loss, lrs=current_lrs(engine),
                          grad_norm=grad_norm(engine), tokens=int(tokens), samples=int(samples),
-                         seconds=time.perf_counter() - window.start)
+                         seconds=time.perf_counter() - window.start, metrics=window.mean_metrics())
                 window = _Window()
                 if stops:
                     raise _StopAtBoundary
@@ -389,10 +427,20 @@ class _Window:
 
     def __init__(self):
         self.loss, self.counted, self.tokens, self.samples, self.start = 0.0, 0, 0, 0, time.perf_counter()
+        self.metrics: list[dict[str, float]] = []   # a preference objective's, one per micro-batch
 
     def add(self, inputs: dict, samples: int) -> None:
         self.tokens += int(inputs["num_tokens"])
         self.samples += samples
+
+    def add_metrics(self, metrics: dict[str, float]) -> None:
+        self.metrics.append(metrics)
+
+    def mean_metrics(self) -> dict[str, float] | None:
+        """This rank's mean of each metric over the step's micro-batches (None for SFT)."""
+        if not self.metrics:
+            return None
+        return {key: sum(m[key] for m in self.metrics) / len(self.metrics) for key in self.metrics[0]}
 
 
 def _paths(spec: ExperimentSpec) -> list[tuple[str, str]]:

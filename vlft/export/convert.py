@@ -1,5 +1,5 @@
 """`vlft convert`: write a training checkpoint (merged on the way, see vlft.export.merge) or a merged directory
-with one of the export targets (vlft.export.targets: ``hf``, ``internvl-chat``, ``lora``).
+with one of the export targets (vlft.export.targets: ``hf``, ``internvl-chat``, ``lora``, ``gguf``).
 
 A target with a writer gets the merged model and a staging directory (vlft.export.staging); verification runs
 on the staged directory before it is renamed into place, so a failed check leaves no OUT behind. A target
@@ -23,7 +23,7 @@ from vlft.model.trained_state import read_checkpoint_meta
 
 def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str = "hf", verify: bool | None = None,
                        dtype: str = "bf16", max_shard_size: str | int = "2GB", overwrite: bool = False,
-                       log=print) -> Path:
+                       log=print, options: dict | None = None) -> Path:
     """Write CHECKPOINT (training checkpoint or `vlft merge` output) to OUT in the ``target`` format.
 
     Args:
@@ -37,6 +37,7 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str =
         dtype: "bf16" | "fp16" | "fp32" for the written weights.
         max_shard_size: largest safetensors shard ("2GB", "500MB").
         overwrite: replace a non-empty OUT (only once the new one is complete).
+        options: the target's own keyword arguments to its writer (gguf: outtype, quantize, llama_cpp).
 
     Returns OUT. Raises a VlftError subclass with one line on bad input, a failed write or a failed check.
     """
@@ -56,12 +57,15 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, *, target: str =
     else:
         merged = load_for_export(source)
     with staged_output(out, overwrite=overwrite, sources=[source], log=log) as staging:
-        written = chosen.write(staging, merged, dtype=dtype, max_shard_size=max_shard_size)
+        written = chosen.write(staging, merged, dtype=dtype, max_shard_size=max_shard_size, **(options or {}))
         report = written.report
         for warning in written.warnings:
             log(f"warning: {warning}")
-        log(f"{target}: {len(report.weight_map)} tensors, {human_size(report.total_bytes)} {dtype} in "
-            f"{len(report.shard_bytes)} shard(s), the largest {human_size(report.largest_shard_bytes)}")
+        if report.weight_map:
+            log(f"{target}: {len(report.weight_map)} tensors, {human_size(report.total_bytes)} {dtype} in "
+                f"{len(report.shard_bytes)} shard(s), the largest {human_size(report.largest_shard_bytes)}")
+        else:  # a target whose files another tool wrote (gguf): the files, not tensors
+            log(f"{target}: " + ", ".join(f"{name} {human_size(size)}" for name, size in report.shard_bytes.items()))
         if run_verify:
             result = chosen.verify(staging, merged, dtype=weights_dtype)
             log(result.summary())
@@ -95,6 +99,9 @@ def check_target(target: str, peek: dict, source: Path) -> ExportTarget:
     """The target, once the source's family supports it and the target accepts the source."""
     chosen = target_named(target)
     family = family_named(peek["family"])
+    refusal = family.export_refusal(chosen.name)
+    if refusal:
+        raise CheckpointError(f"--to {chosen.name}: {source} holds a {family.display_name} model: {refusal}")
     if chosen.name not in family.export_targets:
         able = [f.display_name for f in FAMILIES.values() if chosen.name in f.export_targets]
         raise CheckpointError(f"--to {chosen.name}: {source} holds a {family.display_name} model, and the "

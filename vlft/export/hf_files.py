@@ -64,7 +64,7 @@ def training_tiling(spec, info: VLMInfo) -> TilingSpec:
     return TilingSpec(mode=settings.mode, tile_size=settings.tile_size or info.tile_size,
                       min_tiles=settings.min_tiles, max_tiles=settings.max_tiles,
                       use_thumbnail=settings.use_thumbnail, grid_pinpoints=anyres_pinpoints(settings, info),
-                      mean=mean, std=std)
+                      mean=mean, std=std, longest_edge=settings.longest_edge or 0)
 
 
 def chat_training_fields(spec, info) -> dict:

@@ -98,7 +98,7 @@ class StreamedMerge:
     def items(self):
         """See merged_items."""
         return merged_items(self.checkpoint, self.base, model_dtype=model_dtype(self.spec.model.dtype),
-                            vision_type=self.vision_config.model_type)
+                            vision_type=self.vision_config.model_type, family=self.info.family)
 
     def config(self, *, dtype: str):
         return official_config_of(self.text_config, self.vision_config, self.info,
@@ -262,7 +262,7 @@ def export_items(model: VisionLanguageModel):
     nest = (model.vision_tower.config.model_type in NESTED_VISION_TYPES
             and not hasattr(model.vision_tower, "vision_model"))
     for name, tensor in model.state_dict().items():
-        yield export_name(name, nest), tensor
+        yield export_name(name, nest, model.info.family), tensor
 
 
 def export_state(model: VisionLanguageModel) -> dict:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from vlft.errors import CheckpointError
+from vlft.families import family_named, family_of_layout
 from vlft.model.internvl_chat import chat_config_to_native, iter_chat_to_native
 from vlft.model.layouts import WHOLE_HF_LAYOUTS, Layout, detect_layout, safetensors_files
 from vlft.model.trained_state import ADAPTERS, TRAINED_FILE
@@ -117,8 +118,9 @@ def base_items(base: Path) -> Iterator[tuple[str, torch.Tensor]]:
         chat_config = json.loads((base / "config.json").read_text())
         yield from iter_chat_to_native(_iter_files(files), chat_config)
         return
+    prefixes = family_of_layout(detect_layout(base)).stored_prefixes or _SAVED_PREFIXES
     for key, tensor in _iter_files(files):
-        for saved, ours in _SAVED_PREFIXES:
+        for saved, ours in prefixes:
             if key.startswith(saved):
                 key = ours + key.removeprefix(saved)
                 break
@@ -184,7 +186,7 @@ def _flat_vision(path: str) -> str:
 # The merged stream
 
 
-def merged_items(checkpoint: Path, base: Path, *, model_dtype: torch.dtype, vision_type: str,
+def merged_items(checkpoint: Path, base: Path, *, model_dtype: torch.dtype, vision_type: str, family: str,
                  ) -> Iterator[tuple[str, torch.Tensor]]:
     """(exported name, tensor) of the merged model: base tensors in `model_dtype`, LoRA folded, trained ones in."""
     from safetensors import safe_open
@@ -218,9 +220,9 @@ def merged_items(checkpoint: Path, base: Path, *, model_dtype: torch.dtype, visi
             if name == _EMBED and keep_embed:
                 embed = tensor
             seen.add(name)
-            yield export_name(name, nest), tensor
+            yield export_name(name, nest, family), tensor
         if _LM_HEAD not in seen and embed is not None:  # tied in the base; the written config unties it
-            yield _LM_HEAD, embed
+            yield export_name(_LM_HEAD, nest, family), embed
         if trained:
             raise CheckpointError(f"{checkpoint / TRAINED_FILE}: tensors the base does not have: "
                                   f"{sorted(trained.values())[:3]}")
@@ -265,10 +267,14 @@ def _flat_name(name: str) -> str:
     return name
 
 
-def export_name(name: str, nest: bool) -> str:
-    """A vlft state-dict name as the -hf layout stores it: a CLIP/SigLIP tower (nest=True) in the canonical
-    ``vision_tower.vision_model.*`` layout, the AnyRes connector's newline as the top-level ``image_newline``
-    that LLaVA-NeXT / OneVision load (as ``model.image_newline``)."""
+def export_name(name: str, nest: bool, family: str) -> str:
+    """A vlft state-dict name as the -hf layout stores it: a family's own stored names where it has them
+    (Family.stored_prefixes), a CLIP/SigLIP tower (nest=True) in the canonical ``vision_tower.vision_model.*``
+    layout, the AnyRes connector's newline as the top-level ``image_newline`` that LLaVA-NeXT / OneVision load
+    (as ``model.image_newline``)."""
+    for stored, ours in family_named(family).stored_prefixes:
+        if name.startswith(ours):
+            return stored + name.removeprefix(ours)
     if nest and name.startswith("vision_tower."):
         return "vision_tower.vision_model." + name.removeprefix("vision_tower.")
     if name == "multi_modal_projector.image_newline":

@@ -34,6 +34,7 @@ from vlft.export.staging import check_output, staged_output
 from vlft.export.target_interface import ExportTarget
 from vlft.export.verify import VerifyError, training_prompt
 from vlft.export.writers import iter_safetensors_dir
+from vlft.families import Family, family_of_layout
 from vlft.model.internvl_chat import Heads, fused_rule, iter_chat_to_native, llm_arch_of_chat_config, llm_entry
 from vlft.model.internvl_chat.keys import native_to_chat_slot
 from vlft.model.base_fingerprint import check_checkpoint_base
@@ -144,9 +145,10 @@ def _trained_modules(adapter: dict[str, torch.Tensor], where: Path) -> dict[str,
     return modules
 
 
-def _hf_name(name: str) -> str:
-    """vlft's LLM module name -> the official -hf class's (``model.language_model.layers...``)."""
-    return "model.language_model." + name.removeprefix(_VLFT_LLM + "model.")
+def _hf_name(name: str, family: Family) -> str:
+    """vlft's LLM module name -> the official -hf class's (``model.language_model.layers...``; the LLM's
+    attribute is the family's, ``text_model`` for Idefics3 / SmolVLM)."""
+    return f"model.{family.official_parts[2]}." + name.removeprefix(_VLFT_LLM + "model.")
 
 
 def _pad_rank(module: _LoraModule, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,7 +235,8 @@ def export_lora(checkpoint: str | Path, out: str | Path, *, verify: bool | None 
         named = _chat_modules(modules, llm_arch, _heads(chat_config["llm_config"]))
         layout_name = "internvl-chat"
     elif layout in WHOLE_HF_LAYOUTS:
-        named = {_hf_name(name): (m.a, m.b) for name, m in modules.items()}
+        family = family_of_layout(layout)
+        named = {_hf_name(name, family): (m.a, m.b) for name, m in modules.items()}
         layout_name = "hf"
     else:
         raise CheckpointError(f"--to lora: the base {base} is a {layout.value} directory, which no server loads as a "
@@ -320,7 +323,7 @@ def verify_lora_logits(adapter: Path, base: Path, merged, *, atol: float = 1e-5)
     if loaded != len(json.loads((adapter / ADAPTER_CONFIG).read_text())["target_modules"]):
         raise VerifyError(f"{adapter}: peft found {loaded} of the adapter's modules in the official class")
     with torch.no_grad():
-        got = served(input_ids=ids, **prompt.image_inputs).logits[0].float()
+        got = served(input_ids=ids, **prompt.official_inputs(model.info.family)).logits[0].float()
     diff = float((got - want).abs().max())
     if not diff <= atol:
         raise VerifyError(f"{adapter}: the adapter on {type(official).__name__} gives other logits than the merged "

@@ -4,12 +4,13 @@ this registry; a new target is one module and one entry below, and no target imp
 from __future__ import annotations
 
 from vlft.errors import ConfigError
+from vlft.export.target_gguf import GGUF
 from vlft.export.target_hf import HF
 from vlft.export.target_interface import ExportTarget
 from vlft.export.target_internvl_chat import INTERNVL_CHAT
 from vlft.export.target_lora import LORA
 
-TARGETS: dict[str, ExportTarget] = {target.name: target for target in (HF, INTERNVL_CHAT, LORA)}
+TARGETS: dict[str, ExportTarget] = {target.name: target for target in (HF, INTERNVL_CHAT, LORA, GGUF)}
 
 
 def target_named(name: str) -> ExportTarget:

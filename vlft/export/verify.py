@@ -122,6 +122,11 @@ class TrainingPrompt:
         sizes = {} if self.image_sizes is None else {"image_sizes": self.image_sizes}
         return {"pixel_values": self.pixel_values, **sizes}
 
+    def official_inputs(self, family: str) -> dict:
+        """image_inputs as the family's official class takes them (pixels per sample for Idefics3 / SmolVLM)."""
+        return {**self.image_inputs,
+                "pixel_values": family_named(family).official_image_inputs(self.pixel_values)}
+
 
 def training_prompt(spec, tokenizer, info) -> TrainingPrompt:
 
@@ -130,7 +135,7 @@ def training_prompt(spec, tokenizer, info) -> TrainingPrompt:
     pixels = tiles_for_image(image, pipeline.tiling)
     anyres = pipeline.anyres is not None
     ids = generation_prompt(pipeline, [Turn("user", f"{IMAGE_PLACEHOLDER}\n{VERIFY_QUESTION}")], [pixels.shape[0]],
-                            image_sizes=[image.size] if anyres else None)
+                            image_sizes=[image.size] if pipeline.counts_by_size else None)
     return TrainingPrompt(input_ids=ids, pixel_values=pixels, image=image,
                           image_sizes=torch.tensor([[image.height, image.width]]) if anyres else None)
 
@@ -177,9 +182,10 @@ def verify_hf_export(out: str | Path, *, atol: float = 1e-4, new_tokens: int = 1
     del ours
 
     theirs = _load_official(out, info.family)
+    their_inputs = prompt.official_inputs(info.family)
     with torch.no_grad():
-        their_logits = theirs(input_ids=ids, **prompt.image_inputs).logits[0].float()
-        generated = theirs.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **prompt.image_inputs,
+        their_logits = theirs(input_ids=ids, **their_inputs).logits[0].float()
+        generated = theirs.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **their_inputs,
                                     **generate_kwargs)
     their_tokens = generated[0, ids.shape[1]:].tolist()
     _free(theirs)
@@ -251,10 +257,8 @@ def _check_prompt_files(out: Path, spec, prompt: TrainingPrompt, report: VerifyR
             if getattr(tokenizer, name, None) != token:
                 raise VerifyError(f"{out}: the tokenizer does not name {token} as {name}, which "
                                   f"{family.processor_class_name} reads")
-    features, count = family.processor_image_tokens(image_processor, processor, prompt.image)
-    tokens = family.image_tokens
+    features, expansion = family.processor_text(image_processor, processor, prompt.image)
     placeholder = family.image_placeholder
-    expansion = (tokens.start_token or "") + tokens.context_token * count + (tokens.end_token or "")
     pixels = features["pixel_values"]
     if pixels.dim() == 5 and pixels.shape[0] == 1:  # AnyRes processors stack [images, tiles, 3, S, S]
         pixels = pixels[0]

@@ -8,12 +8,14 @@ A new family is one module with its `Family` plus an entry in FAMILIES.
 from __future__ import annotations
 
 from vlft.families.family import Family, ImageTokens
+from vlft.families.idefics3 import IDEFICS3, SMOLVLM
 from vlft.families.internvl import INTERNVL
 from vlft.families.llava import LLAVA
 from vlft.families.llava_next import LLAVA_NEXT
 from vlft.families.llava_onevision import LLAVA_ONEVISION
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (INTERNVL, LLAVA, LLAVA_NEXT, LLAVA_ONEVISION)}
+FAMILIES: dict[str, Family] = {family.name: family for family in (INTERNVL, LLAVA, LLAVA_NEXT, LLAVA_ONEVISION,
+                                                                   IDEFICS3, SMOLVLM)}
 
 
 def family_named(name: str) -> Family:
@@ -57,5 +59,5 @@ def family_of_processor(processor_class: str) -> Family:
     raise KeyError(f"processor_class {processor_class!r} belongs to no model family")
 
 
-__all__ = ["FAMILIES", "INTERNVL", "LLAVA", "LLAVA_NEXT", "LLAVA_ONEVISION", "Family", "ImageTokens", "family_named", "family_of_config",
+__all__ = ["FAMILIES", "IDEFICS3", "INTERNVL", "SMOLVLM", "LLAVA", "LLAVA_NEXT", "LLAVA_ONEVISION", "Family", "ImageTokens", "family_named", "family_of_config",
            "family_of_layout", "family_of_processor", "normalisation_of"]

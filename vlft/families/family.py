@@ -18,6 +18,11 @@ class ImageTokens:
     context_token: str               # the slot image features replace ("<IMG_CONTEXT>", "<image>")
     start_token: str | None = None   # "<img>" (InternVL)
     end_token: str | None = None     # "</img>"
+    #: Families that mark each tile of a "split" image (Idefics3 / SmolVLM): (tokenizer, rows, cols, tokens
+    #: per tile) -> the image's whole run of ids, as their processor writes it; rows = cols = 0: one tile.
+    split_run: Callable[[object, int, int, int], list[int]] | None = field(default=None, repr=False, compare=False)
+    #: Tokens besides start/end that only an image run may hold (the tile markers of split_run).
+    marker_tokens: tuple[str, ...] = ()
 
     def __post_init__(self):
         if (self.start_token is None) != (self.end_token is None):
@@ -71,11 +76,45 @@ class Family:
     #: (image processor, processor_config.json dict, PIL image) -> (its features, context tokens of the
     #: image), as the official processor computes them (what verify rebuilds the prompt with).
     processor_image_tokens: Callable[[object, dict, object], tuple[dict, int]] = field(repr=False, default=None)
+    #: (image processor, processor_config.json dict, PIL image) -> (features, the text the processor puts in
+    #: place of the image placeholder); None: start + context*count + end from processor_image_tokens.
+    processor_image_text: Callable[[object, dict, object], tuple[dict, str]] | None = field(repr=False, default=None)
+    #: Attribute names of the vision tower, connector and LLM inside the official class's ``.model``.
+    official_parts: tuple[str, str, str] = ("vision_tower", "multi_modal_projector", "language_model")
+    #: (official config) -> VLMInfo fields its config names otherwise (Idefics3's scale_factor ...); None: none.
+    info_from_config: Callable[[object], dict] | None = field(repr=False, default=None)
+    #: Its official class's connector module serves as vlft's as it is (else vlft's Connector, weights copied).
+    keeps_official_connector: bool = False
+    #: (stored prefix, vlft state-dict prefix) of its "-hf" weight files, where they are not LLaVA's names.
+    stored_prefixes: tuple[tuple[str, str], ...] = ()
+    #: Its official class takes pixels per sample ([batch, images, 3, S, S]), not as a flat tile list.
+    pixels_per_sample: bool = False
+    #: `--to gguf`: the export layout llama.cpp's convert_hf_to_gguf.py (--mmproj) reads for this family, or
+    #: None when it reads none.
+    gguf_layout: str | None = None
+    #: (--to value, one line on why this family cannot be written in it: what the other tool lacks) pairs.
+    export_refusals: tuple[tuple[str, str], ...] = ()
+
+    def export_refusal(self, target: str) -> str | None:
+        """Why ``--to target`` cannot write this family (what the target's tool lacks), or None."""
+        return dict(self.export_refusals).get(target)
 
     @property
     def image_placeholder(self) -> str:
         """What the "-hf" chat template writes for an image: the token transformers' processor expands."""
         return self.image_tokens.context_token
+
+    def processor_text(self, image_processor, processor: dict, image) -> tuple[dict, str]:
+        """(features, text in place of the image placeholder) as transformers' processor computes them."""
+        if self.processor_image_text is not None:
+            return self.processor_image_text(image_processor, processor, image)
+        features, count = self.processor_image_tokens(image_processor, processor, image)
+        tokens = self.image_tokens
+        return features, (tokens.start_token or "") + tokens.context_token * count + (tokens.end_token or "")
+
+    def official_image_inputs(self, pixel_values):
+        """vlft's [tiles, 3, S, S] pixels of one sample as its official class takes them."""
+        return pixel_values[None] if self.pixels_per_sample else pixel_values
 
     def official_class(self):
         """transformers' class (resolved on demand: importing it costs seconds)."""

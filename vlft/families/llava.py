@@ -67,6 +67,9 @@ LLAVA = Family(
     tiling_modes=("pad_square", "anyres", "resize"),
     default_tiling={"mode": "pad_square"},
     export_targets=("hf", "lora"),
+    export_refusals=(("gguf", "llama.cpp's convert_hf_to_gguf.py --mmproj has no LLaVA-1.5 projector (its "
+                             "LlavaForConditionalGeneration vision side is Pixtral's only; LLaVA-1.5 goes through its "
+                             "legacy llava_surgery scripts on the original LLaVA checkpoint)"),),
     default_template=_default_template,
     tiling_from_preprocessor=_tiling_from_preprocessor,
     config_fields=_config_fields,

@@ -74,9 +74,11 @@ LLAVA_NEXT = dataclasses.replace(
     computation_fields=("vision_feature_layer", "vision_feature_select_strategy", "image_grid_pinpoints",
                         "image_token_index"),
     tiling_modes=("anyres",),
-    default_tiling={"mode": "anyres", "grid_pinpoints": [list(p) for p in DEFAULT_PINPOINTS]},
+    default_tiling={"mode": "anyres"},  # grid_pinpoints unset: the model's own image_grid_pinpoints
     tiling_from_preprocessor=_tiling_from_preprocessor,
     config_fields=_config_fields,
+    export_refusals=(("gguf", "llama.cpp's convert_hf_to_gguf.py --mmproj has no LlavaNextForConditionalGeneration (no "
+                             "AnyRes projector with image_newline)"),),
     processor_files=_processor_files,
     processor_image_tokens=_processor_image_tokens,
 )

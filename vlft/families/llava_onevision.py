@@ -57,6 +57,8 @@ LLAVA_ONEVISION = dataclasses.replace(
     default_tiling={"mode": "anyres"},
     default_template=_default_template,
     config_fields=_config_fields,
+    export_refusals=(("gguf", "llama.cpp's convert_hf_to_gguf.py --mmproj has no LlavaOnevisionForConditionalGeneration (no "
+                             "AnyRes projector with image_newline)"),),
     processor_files=_processor_files,
     processor_image_tokens=_processor_image_tokens,
 )

@@ -73,7 +73,7 @@ class PromptInputs:
 def prompt_ids(pipeline: DataPipeline, sample: Sample) -> list[int]:
     """Ids of the conversation + the generation prompt, images expanded (tile counts from the headers only)."""
     sizes = None
-    if pipeline.anyres is not None:
+    if pipeline.counts_by_size:
         sizes = [(int(w), int(h)) for h, w in pipeline.image_sizes(sample).tolist()]
     return generation_prompt(pipeline, sample.turns, pipeline.tile_counts(sample), where=sample.where,
                              image_sizes=sizes)

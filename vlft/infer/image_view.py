@@ -13,7 +13,7 @@ from PIL import Image
 
 from vlft.data.dataset import DataPipeline
 from vlft.data.record import Sample
-from vlft.data.tiling import _select_best_resolution, choose_grid, shared_tile_budget
+from vlft.data.tiling import _select_best_resolution, choose_grid, shared_tile_budget, split_grid
 
 #: White gap between the tiles of a grid, in pixels, so the cut is visible.
 GAP = 4
@@ -27,7 +27,8 @@ class ImageView:
     size: tuple[int, int]            # (width, height) of the file
     grid: tuple[int, int]            # (cols, rows) of the tile grid; (1, 1) for a single tile
     tiles: tuple[Image.Image, ...]   # every tile the encoder gets, in order
-    extra: str | None                # "thumbnail" (InternVL, last tile), "base image" (LLaVA-NeXT, first) or None
+    #: "thumbnail" (InternVL, last tile), "global image" (split tiling, last), "base image" (LLaVA-NeXT, first)
+    extra: str | None
     image_tokens: int                # tokens the image takes in the prompt
 
     @property
@@ -52,7 +53,7 @@ class ImageView:
 
     @property
     def extra_tile(self) -> Image.Image | None:
-        if self.extra == "thumbnail":
+        if self.extra in ("thumbnail", "global image"):
             return self.tiles[-1]
         if self.extra == "base image":
             return self.tiles[0]
@@ -81,6 +82,9 @@ def image_views(pipeline: DataPipeline, sample: Sample) -> list[ImageView]:
         elif spec.mode == "anyres":
             canvas_h, canvas_w = _select_best_resolution(*size, spec.grid_pinpoints)
             grid, extra = (canvas_w // spec.tile_size, canvas_h // spec.tile_size), "base image"
+        elif spec.mode == "split":
+            rows, cols = split_grid(shown_w, shown_h, spec)
+            grid, extra = ((cols, rows), "global image") if rows else ((1, 1), None)
         views.append(ImageView(path, size, grid, tiles, extra, pipeline.tokens_for(shown_w, shown_h, count)))
     return views
 
@@ -101,6 +105,8 @@ def describe(view: ImageView, index: int, pipeline: DataPipeline) -> str:
         how = f"grid {cols}×{rows}" + (" + thumbnail" if view.extra else "")
     elif spec.mode == "anyres":
         how = f"base image + grid {view.grid[0]}×{view.grid[1]}"
+    elif spec.mode == "split":
+        how = f"grid {view.grid[0]}×{view.grid[1]} + global image" if view.extra else "one global tile"
     elif spec.mode == "pad_square":
         how = "padded to a square, one tile"
     else:

@@ -28,6 +28,8 @@ import torch
 from vlft.errors import CheckpointError, ConfigError
 from vlft.families import INTERNVL, Family, family_of_layout
 from vlft.infer._generate import check_template_flag
+from vlft.model.base_settings import base_tiling
+from vlft.model.layouts import Layout
 
 #: The record `vlft merge` / `vlft convert` write beside the weights: the run's template, system prompt, tiling.
 MODEL_RECORD = "vlft_model.json"
@@ -129,10 +131,7 @@ def data_settings(path: Path, layout, tokenizer, *, template: str | None = None)
 
 
 def _from_internvl_chat(config: dict, path: Path) -> DataSettings:
-    tiling = {"mode": "dynamic" if config.get("dynamic_image_size", True) else "resize",
-              "min_tiles": int(config.get("min_dynamic_patch", 1)),
-              "max_tiles": int(config.get("max_dynamic_patch", 12)),
-              "use_thumbnail": bool(config.get("use_thumbnail", True))}
+    tiling, _ = base_tiling(path, Layout.INTERNVL_CHAT, config)
     template = config.get("template") or INTERNVL.default_template(_text_type(config), None)
     return DataSettings(template, None, tiling, f"{path / 'config.json'}")
 
@@ -143,14 +142,7 @@ def _from_hf(path: Path, layout, config: dict, tokenizer) -> DataSettings:
     if template is None:
         template, system = family.default_template(_text_type(config), tokenizer), None
         source = f"the default for {family.name} on {_text_type(config) or 'this LLM'}"
-    tiling = dict(family.default_tiling)
-    processor = path / "preprocessor_config.json"
-    if processor.is_file():
-        try:
-            pre = json.loads(processor.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{processor}: not valid JSON ({exc})") from None
-        tiling = family.tiling_from_preprocessor(pre)
+    tiling, _ = base_tiling(path, layout, config)
     return DataSettings(template, system, tiling, source)
 
 

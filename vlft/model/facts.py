@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from vlft.errors import CheckpointError
-from vlft.model.layouts import Layout, detect_layout
+from vlft.model.layouts import WHOLE_HF_LAYOUTS, Layout, detect_layout
 from vlft.families import INTERNVL, family_named
 from vlft.model.internvl_chat import PS_VERSION_KEY, chat_config_to_native
 from vlft.model.load import load_tokenizer, missing_image_tokens, official_info, parts_info
@@ -34,7 +34,7 @@ def model_facts(spec: ModelSpec) -> tuple[VLMInfo, object]:
         info, tokenizer = _parts_facts(spec)
     else:
         layout = detect_layout(spec.path)
-        if layout in (Layout.HF_INTERNVL, Layout.HF_LLAVA, Layout.HF_LLAVA_NEXT, Layout.HF_LLAVA_ONEVISION):
+        if layout in WHOLE_HF_LAYOUTS:
             info, tokenizer = _official_facts(spec.path, layout)
         elif layout is Layout.INTERNVL_CHAT:
             info, tokenizer = _internvl_chat_facts(spec.path)

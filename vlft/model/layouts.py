@@ -6,23 +6,23 @@ import json
 from pathlib import Path
 
 from vlft.errors import CheckpointError
-from vlft.families import family_of_config
+from vlft.families import FAMILIES, family_of_config
 
 
-class Layout(enum.Enum):
-    HF_INTERNVL = "transformers-native InternVL"
-    HF_LLAVA = "transformers-native LLaVA"
-    HF_LLAVA_NEXT = "transformers-native LLaVA-NeXT"
-    HF_LLAVA_ONEVISION = "transformers-native LLaVA-OneVision"
-    INTERNVL_CHAT = "original InternVL-chat"
-    VISION = "vision encoder"
-    LLM = "language model"
-    CHECKPOINT = "vlft training checkpoint"
+#: One "-hf" layout per family (HF_INTERNVL, HF_LLAVA, ..., named after Family.name), so a new family needs no
+#: entry here; then the layouts no family owns.
+Layout = enum.Enum("Layout", {
+    **{f"HF_{family.name.upper()}": family.hf_layout for family in FAMILIES.values()},
+    "INTERNVL_CHAT": "original InternVL-chat",
+    "VISION": "vision encoder",
+    "LLM": "language model",
+    "CHECKPOINT": "vlft training checkpoint",
+}, module=__name__)
 
 
 #: The transformers-native ("-hf") layouts of a whole VLM, one per family: what build_vlm, the streamed merge,
 #: `--to lora` and `vlft chat` read alike.
-WHOLE_HF_LAYOUTS = (Layout.HF_INTERNVL, Layout.HF_LLAVA, Layout.HF_LLAVA_NEXT, Layout.HF_LLAVA_ONEVISION)
+WHOLE_HF_LAYOUTS = tuple(Layout(family.hf_layout) for family in FAMILIES.values())
 
 #: ("intern_vit_6b": OpenGVLab's InternViT release, read by vlft.model.vision_dirs without its remote code.)
 VISION_TYPES = {"internvl_vision", "clip_vision_model", "siglip_vision_model", "intern_vit_6b"}

@@ -1,6 +1,7 @@
 """Build the composed VLM from a model spec: a whole checkpoint (any supported layout) or parts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from vlft.errors import CheckpointError
 from vlft.families import INTERNVL, Family, family_named, family_of_layout
 from vlft.model.connector import PS_VERSIONS, Connector
 from vlft.model.internvl_chat import PS_VERSION_KEY, internvl_chat_to_native
-from vlft.model.layouts import Layout, detect_layout, read_safetensors_dir, safetensors_files
+from vlft.model.layouts import WHOLE_HF_LAYOUTS, Layout, detect_layout, read_safetensors_dir, safetensors_files
 from vlft.model.anyres import anyres_fields, with_image_newline
 from vlft.model.normalisation import base_normalisation
 from vlft.model.vision_dirs import load_vision_encoder, vision_config
@@ -27,14 +28,16 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def quantization_config(quant: QuantSpec | None):
-    """bitsandbytes settings for the LLM only: the vision tower, connector and lm_head stay unquantized."""
+def quantization_config(quant: QuantSpec | None, family: Family):
+    """bitsandbytes settings for the LLM only: the vision tower, connector and lm_head stay unquantized (by the
+    names the family's official class gives them)."""
     if quant is None:
         return None
     from transformers import BitsAndBytesConfig
 
     # transformers matches these as regexes from the start of the module name (or as suffixes)
-    keep = [".*vision_tower", ".*multi_modal_projector", "lm_head"]
+    tower, connector, _ = family.official_parts
+    keep = [f".*{tower}", f".*{connector}", "lm_head"]
     if quant.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
@@ -72,12 +75,12 @@ def build_vlm(spec: ModelSpec, *, quantize: bool = True, tokenizer_dir: str | Pa
     quantize=False loads the LLM in full precision even if the spec asks for QLoRA (merging needs that).
     tokenizer_dir: a checkpoint's saved tokenizer, which already holds any tokens training added.
     """
-    quant = quantization_config(spec.llm.quantization) if quantize else None
+    quant = quantization_config(spec.llm.quantization, family_named(spec.family)) if quantize else None
     kwargs = dict(dtype=torch_dtype(spec.dtype), attn_implementation=spec.attn_implementation,
                   quantization_config=quant)
     if spec.path is not None:
         layout = detect_layout(spec.path)
-        if layout in (Layout.HF_INTERNVL, Layout.HF_LLAVA, Layout.HF_LLAVA_NEXT, Layout.HF_LLAVA_ONEVISION):
+        if layout in WHOLE_HF_LAYOUTS:
             safetensors_files(spec.path)  # one line for pickle-only, missing or truncated weights
             return _from_official_dir(spec.path, layout, spec, kwargs)
         if layout is Layout.INTERNVL_CHAT:
@@ -112,27 +115,32 @@ def _decompose(official, spec: ModelSpec) -> VisionLanguageModel:
 
     config = official.config
     inner = official.model
+    family = family_named(config.model_type)
+    tower_name, connector_name, llm_name = family.official_parts
     with torch.device("meta"):
         language_model = AutoModelForCausalLM.from_config(config.text_config)
-    language_model.model = inner.language_model
+    language_model.model = getattr(inner, llm_name)
     language_model.lm_head = official.lm_head
     for flag in ("is_loaded_in_4bit", "is_loaded_in_8bit", "hf_quantizer", "quantization_method"):
         if hasattr(official, flag):
             setattr(language_model, flag, getattr(official, flag))
     language_model.config = config.text_config
     info = official_info(config)
-    projector = _connector_like(config.vision_config.hidden_size, config.text_config.hidden_size,
-                                info.downsample_ratio,
-                                dtype=official.lm_head.weight.dtype if not _is_quantized(official.lm_head) else None,
-                                ps_version=info.ps_version)
-    missing, unexpected = projector.load_state_dict(inner.multi_modal_projector.state_dict(), strict=False)
-    if unexpected or [k for k in missing if not k.startswith("act")]:
-        raise CheckpointError(f"connector weights do not fit: missing {missing}, unexpected {unexpected}")
+    if family.keeps_official_connector:
+        projector = getattr(inner, connector_name)
+    else:
+        projector = _connector_like(config.vision_config.hidden_size, config.text_config.hidden_size,
+                                    info.downsample_ratio,
+                                    dtype=official.lm_head.weight.dtype if not _is_quantized(official.lm_head)
+                                    else None, ps_version=info.ps_version)
+        missing, unexpected = projector.load_state_dict(getattr(inner, connector_name).state_dict(), strict=False)
+        if unexpected or [k for k in missing if not k.startswith("act")]:
+            raise CheckpointError(f"connector weights do not fit: missing {missing}, unexpected {unexpected}")
     if hasattr(inner, "image_newline"):  # LLaVA-NeXT / OneVision: the newline joins the connector
         projector = with_image_newline(projector, inner.image_newline)
     if spec.vision.select_layer is not None:
         info = VLMInfo(**{**info.__dict__, "select_layer": spec.vision.select_layer})
-    model = VisionLanguageModel(inner.vision_tower, projector, language_model, info)
+    model = VisionLanguageModel(getattr(inner, tower_name), projector, language_model, info)
     _check_no_meta(model)
     return model
 
@@ -205,8 +213,11 @@ def official_info(config, *, where: str = "") -> VLMInfo:
                    select_strategy=strategy, prefix_tokens=vision_prefix_tokens(vision),
                    ps_version=_ps_version(config, family, prefix), **anyres_fields(config),
                    **base_normalisation(getattr(config, "_name_or_path", None), vision.model_type))
+    if family.info_from_config is not None:  # fields its config names otherwise (Idefics3's scale_factor)
+        info = dataclasses.replace(info, **family.info_from_config(config))
     side = info.tile_size // info.patch_size
-    if ratio != 1.0 and side * side + info.prefix_tokens - (strategy == "default") != side * side:
+    if info.downsample_ratio != 1.0 and \
+            side * side + info.prefix_tokens - (info.select_strategy == "default") != side * side:
         raise CheckpointError(f"{prefix}vision_feature_select_strategy={strategy!r} with a {vision.model_type} "
                               "tower leaves no square patch grid for the pixel shuffle")
     return info

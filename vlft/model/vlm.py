@@ -10,7 +10,6 @@ from torch import nn
 from vlft.data.anyres_grid import AnyResGrid
 from vlft.errors import DataError
 from vlft.families import family_named
-from vlft.model.connector import Connector
 
 
 class ModelInputError(DataError):
@@ -66,7 +65,7 @@ class VisionLanguageModel(nn.Module):
     native layout needs no key map.
     """
 
-    def __init__(self, vision_tower: nn.Module, multi_modal_projector: Connector, language_model: nn.Module,
+    def __init__(self, vision_tower: nn.Module, multi_modal_projector: nn.Module, language_model: nn.Module,
                  info: VLMInfo):
         super().__init__()
         self.vision_tower = vision_tower
@@ -76,11 +75,11 @@ class VisionLanguageModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.multi_modal_projector.linear_1.weight.device
+        return next(self.multi_modal_projector.parameters()).device
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[tiles, 3, S, S] -> [tiles, tokens_per_tile, D_text]."""
-        dtype = self.multi_modal_projector.linear_1.weight.dtype
+        dtype = next(self.multi_modal_projector.parameters()).dtype
         # InternVL reads layer -1 as the encoder's output; LLaVA always indexes the hidden-state list.
         last = family_named(self.info.family).last_layer_is_output and self.info.select_layer == -1
         out = self.vision_tower(pixel_values=pixel_values.to(dtype), output_hidden_states=not last, return_dict=True)

@@ -1,13 +1,17 @@
 """Write tiny random-init checkpoints in every layout vlft reads, loadable exactly like real ones."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from vlft.families import INTERNVL, LLAVA
-from vlft.tiny.tokenizer import build_tiny_tokenizer
+from vlft.data.tiling import TilingSpec
+from vlft.families import IDEFICS3, INTERNVL, LLAVA, SMOLVLM, family_named
+from vlft.families.idefics3 import ROW_COL_TOKENS
+from vlft.tiny.tokenizer import build_tiny_sentencepiece_tokenizer, build_tiny_tokenizer
 
 
 @dataclass(frozen=True)
@@ -76,11 +80,16 @@ def make_tiny_internvl_hf(out_dir: str | Path, *, llm: str = "qwen2", sizes: Tin
 
 
 def _save_internvl_hf(out_dir: Path, *, text_type: str, sizes: TinySizes, seed: int,
-                      extra_specials: tuple[str, ...] = ()) -> Path:
-    """An InternVL "-hf" checkpoint on a `text_type` LLM, saved by transformers itself."""
+                      extra_specials: tuple[str, ...] = (), sentencepiece: bool = False) -> Path:
+    """An InternVL "-hf" checkpoint on a `text_type` LLM, saved by transformers itself; ``sentencepiece``: an
+    InternLM2-like tokenizer.model beside tokenizer.json (vlft.tiny.tokenizer), else the byte-level BPE one."""
     from transformers import AutoConfig, InternVLConfig, InternVLForConditionalGeneration
 
-    tokenizer = build_tiny_tokenizer(out_dir, family=INTERNVL.name, chat_style="chatml", vocab_size=sizes.vocab_size)
+    if sentencepiece:
+        tokenizer = build_tiny_sentencepiece_tokenizer(out_dir, family=INTERNVL.name)
+    else:
+        tokenizer = build_tiny_tokenizer(out_dir, family=INTERNVL.name, chat_style="chatml",
+                                         vocab_size=sizes.vocab_size)
     if extra_specials:
         tokenizer.add_special_tokens({"additional_special_tokens": list(extra_specials)})
         tokenizer.save_pretrained(out_dir)
@@ -172,6 +181,47 @@ def make_tiny_llava_onevision_hf(out_dir: str | Path, *, sizes: TinySizes = Tiny
     model = LlavaOnevisionForConditionalGeneration(config)
     _perturb_norms(model)
     model.save_pretrained(out_dir)
+    return out_dir
+
+
+def make_tiny_idefics3_hf(out_dir: str | Path, *, sizes: TinySizes = TinySizes(), seed: int = 0) -> Path:
+    """transformers-native Idefics3 (`Idefics3ForConditionalGeneration`): its SigLIP-style tower, a scale-2 pixel
+    shuffle + linear connector, Llama, a chatml tokenizer holding the tile tokens, and the image processor's
+    preprocessor_config.json (longest edge 4 tiles, tiles of the tower's size)."""
+    return _save_split_family(Path(out_dir), IDEFICS3.name, sizes=sizes, seed=seed)
+
+
+def make_tiny_smolvlm_hf(out_dir: str | Path, *, sizes: TinySizes = TinySizes(), seed: int = 0) -> Path:
+    """transformers-native SmolVLM (`SmolVLMForConditionalGeneration`), as make_tiny_idefics3_hf."""
+    return _save_split_family(Path(out_dir), SMOLVLM.name, sizes=sizes, seed=seed)
+
+
+def _save_split_family(out_dir: Path, family_name: str, *, sizes: TinySizes, seed: int) -> Path:
+    from transformers import AutoConfig
+
+    family = family_named(family_name)
+    tokenizer = build_tiny_tokenizer(out_dir, family=family.name, chat_style="chatml", vocab_size=sizes.vocab_size)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(ROW_COL_TOKENS)})
+    tokenizer.save_pretrained(out_dir)
+    text_config = AutoConfig.for_model(**_text(sizes, "llama", len(tokenizer)))
+    vision = dict(hidden_size=sizes.vision_hidden, num_hidden_layers=sizes.vision_layers,
+                  num_attention_heads=sizes.vision_heads, intermediate_size=sizes.vision_hidden * 4,
+                  image_size=sizes.tile_size, patch_size=14)
+    config = family.config_class()(vision_config=vision, text_config=text_config.to_dict(), scale_factor=2,
+                                   image_token_id=tokenizer.convert_tokens_to_ids(family.image_tokens.context_token),
+                                   tie_word_embeddings=False)
+    _seeded(seed)
+    model = family.official_class()(config)
+    _perturb_norms(model)
+    model.save_pretrained(out_dir)
+    # The processor files a release ships: its image processor (longest edge 4 tiles) and image_seq_len.
+    tiling = TilingSpec(mode="split", tile_size=sizes.tile_size, mean=family.mean, std=family.std)
+    common = dict(image_mean=list(family.mean), image_std=list(family.std), do_resize=True, do_rescale=True,
+                  rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True)
+    info = SimpleNamespace(tokens_per_tile=(sizes.tile_size // 14 // 2) ** 2)
+    image_processor, processor, _ = family.processor_files(info, tiling, common)
+    image_processor.save_pretrained(out_dir)
+    (out_dir / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
     return out_dir
 
 
@@ -279,11 +329,13 @@ _PHI3_SPECIALS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
 def make_tiny_internvl_chat(out_dir: str | Path, *, llm: str = "internlm2", sizes: TinySizes = TinySizes(),
                             seed: int = 0, template: str | None = None, ps_version: str = "v2",
-                            tie_word_embeddings: bool = False) -> Path:
+                            tie_word_embeddings: bool = False, sentencepiece: bool = False) -> Path:
     """Original InternVL-chat layout, key names as InternVL ships them; `llm` is one of TINY_CHAT_LLMS.
 
     ps_version="v1" imitates InternVL-Chat-V1-5's pixel-shuffle order; tie_word_embeddings=True stores no LM
-    head (``llm_config.tie_word_embeddings``), as InternVL2-1B / InternVL3-1B on a tied Qwen2-0.5B do.
+    head (``llm_config.tie_word_embeddings``), as InternVL2-1B / InternVL3-1B on a tied Qwen2-0.5B do;
+    sentencepiece=True ships a SentencePiece tokenizer.model as InternVL2 on InternLM2 does (llama.cpp's
+    InternLM2 converter reads only that).
     """
     import json
     import tempfile
@@ -298,15 +350,16 @@ def make_tiny_internvl_chat(out_dir: str | Path, *, llm: str = "internlm2", size
     default_template = "internvl2_5" if llm == "llama" else llm_entry(llm_arch).default_template
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        native = make_tiny_internvl_chat_twin(tmp, llm=llm, sizes=sizes, seed=seed)
+        native = make_tiny_internvl_chat_twin(tmp, llm=llm, sizes=sizes, seed=seed, sentencepiece=sentencepiece)
         state = load_file(str(native / "model.safetensors"))
         hf_config = json.loads((native / "config.json").read_text())
         if ps_version != "v2":
             hf_config["ps_version"] = ps_version  # how vlft's native config carries a 'v1' pixel shuffle
         write_tiny_internvl_chat_checkpoint((state, hf_config), out_dir, llm_arch=llm_arch,
                                             template=template or default_template)
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            (out_dir / name).write_bytes((Path(tmp) / name).read_bytes())
+        for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+            if (Path(tmp) / name).is_file():
+                (out_dir / name).write_bytes((Path(tmp) / name).read_bytes())
     config = json.loads((out_dir / "config.json").read_text())  # written by the layout module; fail early if not
     if tie_word_embeddings:
         weights = load_file(str(out_dir / "model.safetensors"))
@@ -320,7 +373,7 @@ def make_tiny_internvl_chat(out_dir: str | Path, *, llm: str = "internlm2", size
 
 
 def make_tiny_internvl_chat_twin(out_dir: str | Path, *, llm: str = "internlm2", sizes: TinySizes = TinySizes(),
-                                 seed: int = 0) -> Path:
+                                 seed: int = 0, sentencepiece: bool = False) -> Path:
     """The transformers-native twin of ``make_tiny_internvl_chat(llm=...)``: the same weights for the same seed,
     written by ``InternVLForConditionalGeneration.save_pretrained`` (InternLM2 as Llama), for the official
     class to be the oracle. As make_tiny_internvl_hf, plus the chat specials the shared vocabulary lacks.
@@ -329,7 +382,7 @@ def make_tiny_internvl_chat_twin(out_dir: str | Path, *, llm: str = "internlm2",
 
     text_type = llm_entry(TINY_CHAT_LLMS[llm][0]).model_type
     return _save_internvl_hf(Path(out_dir), text_type=text_type, sizes=sizes, seed=seed,
-                             extra_specials=_PHI3_SPECIALS if llm == "phi3" else ())
+                             extra_specials=_PHI3_SPECIALS if llm == "phi3" else (), sentencepiece=sentencepiece)
 
 
 def _perturb_norms(model: torch.nn.Module) -> None:

@@ -1,4 +1,5 @@
-"""Train a tiny byte-level BPE tokenizer locally, with the special tokens of the VLM families."""
+"""Train a tiny tokenizer locally, with the special tokens of the VLM families: byte-level BPE (Qwen2, Llama-3
+style), or a SentencePiece model (tokenizer.model, as InternLM2 ships one) for readers that need the .model."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -68,5 +69,32 @@ def build_tiny_tokenizer(out_dir: str | Path, *, family: str = INTERNVL.name, ch
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_tiny_sentencepiece_tokenizer(out_dir: str | Path, *, family: str = INTERNVL.name, vocab_size: int = 400):
+    """Write an InternLM2-like tokenizer to ``out_dir``: a SentencePiece BPE ``tokenizer.model`` (byte fallback,
+    no dummy prefix, the chatml specials as its own pieces, as InternLM2's has them) plus transformers' fast
+    conversion of it, with the family's image tokens added after the SentencePiece vocabulary (where InternVL2
+    adds them). Returns the ``PreTrainedTokenizerFast``; its ids equal SentencePiece's on any text.
+    """
+    import sentencepiece
+    from transformers import LlamaTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [line for chunk in _corpus() for line in chunk.split("\n") if line]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(out_dir / "tokenizer"), vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, add_dummy_prefix=False, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
+        user_defined_symbols=["<|im_start|>", "<|im_end|>", "<|endoftext|>"], unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, minloglevel=2)
+    (out_dir / "tokenizer.vocab").unlink()
+    image_tokens = family_named(family).named_tokens
+    fast = LlamaTokenizer.from_pretrained(out_dir, add_bos_token=False, add_eos_token=False, legacy=False,
+                                          add_prefix_space=False, model_max_length=4096, eos_token="<|im_end|>",
+                                          pad_token="<|endoftext|>", extra_special_tokens=dict(image_tokens))
     fast.save_pretrained(out_dir)
     return fast

@@ -43,16 +43,23 @@ def read_annotation(path: str, fmt: str, *, image_root: str, dataset: str, max_t
             report.problems.append(line)
             continue
         turns, notes = normalize_turns(turns)
-        resolved = tuple(resolve(p, image_root) for p in images)
-        if report is not None:
-            where = f"{path}:{sample_id}"
-            report.warnings += [ReadWarning(kind, where, note) for kind, note in notes]
-            for given, full in zip(images, resolved):
-                if not is_inside(full, image_root) and not is_absolute(given):
-                    # Legitimate in a shared tree (a sibling folder of images), a mistake more often.
-                    report.warnings.append(ReadWarning(IMAGE_OUTSIDE_ROOT, where, (
-                        f"image path {given!r} leaves the image root {image_root} (it resolves to {full}); kept")))
+        resolved = resolved_images(images, image_root, f"{path}:{sample_id}", notes, report)
         extra = {k: v for k, v in row.items() if v is not None and k not in _CONSUMED_KEYS}
         samples.append(Sample(id=sample_id, source=path, dataset=dataset, turns=turns, images=resolved,
                               max_tiles=max_tiles, extra=extra))
     return samples
+
+
+def resolved_images(images: list[str], image_root: str, where: str, notes: list[tuple[str, str]],
+                    report: ReadReport | None) -> tuple[str, ...]:
+    """The row's image paths resolved in `image_root`; the row's `normalize_turns` notes and each path that
+    leaves the root go to the report's warnings (the row is kept)."""
+    resolved = tuple(resolve(p, image_root) for p in images)
+    if report is not None:
+        report.warnings += [ReadWarning(kind, where, note) for kind, note in notes]
+        for given, full in zip(images, resolved):
+            if not is_inside(full, image_root) and not is_absolute(given):
+                # Legitimate in a shared tree (a sibling folder of images), a mistake more often.
+                report.warnings.append(ReadWarning(IMAGE_OUTSIDE_ROOT, where, (
+                    f"image path {given!r} leaves the image root {image_root} (it resolves to {full}); kept")))
+    return resolved

@@ -10,7 +10,7 @@ looks wrong (see `normalize_turns`, or an image path leaving image_root) is kept
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from vlft.data.readers.annotation import read_annotation
 from vlft.data.readers.internvl_meta import maybe_meta, meta_entries
@@ -41,28 +41,37 @@ def read_samples(source: DatasetSource, *, seed: int = 0, report: ReadReport | N
         DataFormatError: the file is missing, does not parse, has an unknown format, or (without a
             report) a row is bad.
     """
+    path = checked_path(source)
+    return read_source(path, maybe_meta(path, source.format), source, read_annotation, seed=seed, report=report)
+
+
+def checked_path(source: DatasetSource) -> str:
+    """The source's path, once its format and repeat are valid and the file exists (DataFormatError otherwise)."""
     path = os.fspath(source.path)
     if source.format not in FORMATS:
         raise DataFormatError(f"{path}: unknown format {source.format!r}: use one of {', '.join(FORMATS)}")
     check_repeat(source.repeat, path)
     if not os.path.exists(path):
         raise DataFormatError(f"{path}: file not found (data.datasets[].path)")
+    return path
 
-    meta = maybe_meta(path, source.format)
+
+def read_source(path: str, meta: Mapping | None, source: DatasetSource, read_file: Callable[..., list], *,
+                seed: int, report: ReadReport | None, entry_format: str = "auto") -> list:
+    """What `read_file` reads from the annotation file at `path`, or from every dataset of the InternVL `meta`
+    read from it (each as `entry_format`), repeats applied.
+
+    `read_file(path, fmt, image_root=, dataset=, max_tiles=, report=)` reads one annotation file: Samples
+    (`read_annotation`) or preference pairs (`vlft.data.readers.pairs`).
+    """
     if meta is not None:
-        return _read_meta(path, meta, source, seed=seed, report=report)
-
+        items: list = []
+        for entry in meta_entries(path, meta, source):
+            part = read_file(entry.annotation, entry_format, image_root=entry.image_root, dataset=entry.name,
+                             max_tiles=entry.max_tiles, report=report)
+            items.extend(repeat(part, entry.repeat * source.repeat, seed=seed, key=entry.name))
+        return items
     name = source.name or stem(path)
-    samples = read_annotation(path, source.format, image_root=image_root(source.image_root, path), dataset=name,
-                              max_tiles=source.max_tiles, report=report)
-    return repeat(samples, source.repeat, seed=seed, key=name)
-
-
-def _read_meta(path: str, meta: Mapping, source: DatasetSource, *, seed: int,
-               report: ReadReport | None) -> list[Sample]:
-    samples: list[Sample] = []
-    for entry in meta_entries(path, meta, source):
-        part = read_annotation(entry.annotation, "auto", image_root=entry.image_root, dataset=entry.name,
-                               max_tiles=entry.max_tiles, report=report)
-        samples.extend(repeat(part, entry.repeat * source.repeat, seed=seed, key=entry.name))
-    return samples
+    items = read_file(path, source.format, image_root=image_root(source.image_root, path), dataset=name,
+                      max_tiles=source.max_tiles, report=report)
+    return repeat(items, source.repeat, seed=seed, key=name)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from vlft.data.readers.pair_rows import is_pair_row
+
 NAME = "sharegpt"
 DESCRIBED = "'messages' + 'images' (ShareGPT)"
 
 
 def recognises(first_row: Mapping) -> bool:
     keys = set(first_row)
+    if is_pair_row(keys):  # a preference pair (see messages_pairs, llamafactory_pairs)
+        return False
     return "messages" in keys or ("conversations" in keys and "images" in keys and "image" not in keys)
 
 

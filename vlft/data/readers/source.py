@@ -12,7 +12,7 @@ class DatasetSource:
     """One entry of a config's ``data.datasets``."""
 
     path: str                        # .json/.jsonl/.parquet annotations, a save_to_disk folder, or an InternVL meta
-    format: str = "auto"             # "auto" | "llava" | "sharegpt" | "internvl_meta"
+    format: str = "auto"             # "auto" or one of vlft.data.readers.sniff.FORMATS
     image_root: str | None = None    # relative image paths resolve here (default: the folder holding `path`)
     repeat: float = 1.0              # <1 keeps a deterministic fraction; >1 repeats the int part and keeps the fraction
     max_tiles: int | None = None     # per-dataset tiling budget (an InternVL meta's max_dynamic_patch wins)
@@ -42,3 +42,5 @@ class ReadReport:
 
     problems: list[str] = field(default_factory=list)  # one line each: "file:sample-id: what is wrong"
     warnings: list[ReadWarning] = field(default_factory=list)  # rows kept
+    #: problem line -> its kind (vlft.data.problems), where the reader names one (the pair readers do).
+    kinds: dict[str, str] = field(default_factory=dict)
