@@ -63,6 +63,36 @@ def test_data_bench_runs_tiny():
         assert contender in output, contender
 
 
+def test_peers_bench_marks_each_peer_in_one_line_when_their_venvs_are_absent():
+    env_before = os.environ.pop("VLFT_PEERS_VENVS", None)
+    try:
+        output = _run("bench_peers.py", "--tiny", "--models", "llava", "--packing", "off")
+    finally:
+        if env_before is not None:
+            os.environ["VLFT_PEERS_VENVS"] = env_before
+    assert "| vlft, padding |" in output
+    for peer in ("LLaMA-Factory", "ms-swift"):
+        assert f"- {peer} (padding) cannot train llava here: peers' venvs not given" in output, peer
+        assert f"| {peer}, padding | cannot train here (below) |" in output, peer
+
+
+PEERS_VENVS = os.environ.get("VLFT_PEERS_VENVS")
+
+
+@pytest.mark.skipif(not PEERS_VENVS or not all((Path(PEERS_VENVS) / tool / "bin" / "python").exists()
+                                               for tool in ("llamafactory", "swift")),
+                    reason="opt-in: VLFT_PEERS_VENVS names a folder with the llamafactory/ and swift/ venvs "
+                           "(recipe in tools/bench/README.md); CI never installs them")
+def test_peers_bench_trains_llamafactory_and_swift_beside_vlft_at_toy_sizes():
+    output = _run("bench_peers.py", "--tiny", "--models", "llava", "--packing", "off", "--venvs", PEERS_VENVS)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in output.splitlines() if line.startswith("| ")}
+    for contender in ("vlft, padding", "LLaMA-Factory, padding", "ms-swift, padding"):
+        assert contender in rows, contender
+        assert "cannot train here" not in rows[contender], output[-3000:]
+    trainable = {rows[c].split(" | ")[6] for c in ("vlft, padding", "LLaMA-Factory, padding", "ms-swift, padding")}
+    assert len(trainable) == 1, trainable  # the same LoRA and connector: the same trainable count
+
+
 def test_dpo_bench_runs_at_toy_sizes():
     output = _run("bench_dpo.py", "--tiny", "--model", "llava")
     assert "tiny shapes (smoke test, no figures)" in output

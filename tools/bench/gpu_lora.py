@@ -10,6 +10,7 @@ q/k/v/o/gate/up/down + the connector, vision tower frozen.
 
     python tools/bench/gpu_lora.py                  # needs a CUDA GPU; ~20 steps
     python tools/bench/gpu_lora.py --tiny           # a tiny model, 3 steps on CPU: keeps the script working
+    python tools/bench/gpu_lora.py --peers /work/venvs   # vlft vs LLaMA-Factory vs ms-swift on this GPU
 
 Model FLOPs counted per optimizer step (gradient-checkpointing recompute NOT counted, i.e. MFU, not HFU):
 - LLM, per real text token (frozen base + LoRA): forward 2*N + backward 2*N (activation gradients only;
@@ -158,9 +159,27 @@ def write_config(path: Path, *, base: Path, data: dict, args, attn: str, dtype: 
     return path
 
 
+def run_peers(args) -> None:
+    """The same comparison as bench_peers.py (vlft, LLaMA-Factory, ms-swift; padding and packing), on this GPU:
+    InternVL2-2B widths, bf16, flash-attention 2 where installed; --tiny keeps it on CPU at toy sizes."""
+    import subprocess
+
+    if not args.tiny and not torch.cuda.is_available():
+        raise SystemExit("gpu_lora.py --peers: no CUDA GPU here; add --tiny for the CPU smoke test")
+    bench = Path(__file__).resolve().parent / "bench_peers.py"
+    cmd = [sys.executable, str(bench), "--venvs", args.peers, "--models", "internvl,llava",
+           *(["--tiny"] if args.tiny else ["--gpu"])]
+    if args.samples:
+        cmd += ["--samples", str(args.samples)]
+    raise SystemExit(subprocess.call(cmd))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model, a few steps on CPU (a smoke test)")
+    parser.add_argument("--peers", metavar="VENVS",
+                        help="instead: the side-by-side with LLaMA-Factory and ms-swift on this GPU (bench_peers.py "
+                             "--gpu; VENVS holds their venvs llamafactory/ and swift/)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default 20; --tiny 3)")
     parser.add_argument("--warmup-steps", type=int, help="steps left out of the timing (default 3; --tiny 1)")
     parser.add_argument("--rows", type=int, default=2, help="packed rows per step (default 2)")
@@ -171,6 +190,9 @@ def main() -> None:
     parser.add_argument("--deepspeed", default="zero2", help="zero2 (default), zero3 or none")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, when not recognised")
     args = parser.parse_args()
+    if args.peers:
+        run_peers(args)
+        return
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:
