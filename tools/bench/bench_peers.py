@@ -176,6 +176,7 @@ def vlft_config(path: Path, base: Path, data: dict, kind: str, args, *, packing:
     sections = {
         "model": {"family": MODELS[kind].family, "path": str(base), "dtype": precision(args)["dtype"],
                   "attn_implementation": precision(args)["attn"],
+                  "gradient_checkpointing": args.gradient_checkpointing == "on",
                   "connector": {"train": True, **({} if kind == "internvl" else {"downsample_ratio": 1.0})},
                   "llm": {"train": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05,
                                                     "target_modules": list(LORA_TARGETS)}}},
@@ -204,6 +205,7 @@ def llamafactory_config(path: Path, base: Path, data: dict, kind: str, args, out
         "lr_scheduler_type": "cosine", "warmup_ratio": 0.03, "report_to": "none", "seed": 0, "bf16": False,
         "fp16": False, "use_cpu": not args.gpu, "packing": packing, "neat_packing": packing,
         "image_max_pixels": 4096 * 4096, "disable_tqdm": True, "plot_loss": False,
+        "disable_gradient_checkpointing": args.gradient_checkpointing == "off",
     }
     mode = precision(args)
     config.update(bf16=mode["dtype"] == "bfloat16", flash_attn="fa2" if mode["flash"] else "sdpa")
@@ -225,7 +227,7 @@ def swift_args(base: Path, data: dict, kind: str, args, out: Path, *, packing: b
         "dataloader_num_workers": args.workers,
         "dataset_num_proc": 1, "output_dir": str(out), "report_to": "none", "seed": 0, "use_hf": "true",
         "packing": "true" if packing else "false", "disable_tqdm": "true",
-        "add_version": "false",
+        "add_version": "false", "gradient_checkpointing": "true" if args.gradient_checkpointing == "on" else "false",
     }
     return [part for key, value in pairs.items() for part in (f"--{key}", str(value))]
 
@@ -444,6 +446,8 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--accumulation", type=int, default=2)
     parser.add_argument("--warmup-steps", type=int, default=2)
+    parser.add_argument("--gradient-checkpointing", choices=("on", "off"), default="on",
+                        help="for every tool alike (default on: both peers' own default; vlft's is off)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     parser.add_argument("--workers", type=int, help="data loader workers per run (default 0; --load 2)")
     parser.add_argument("--packing", default="off,on", help="off, on or off,on (default)")
@@ -474,7 +478,7 @@ def main() -> None:
     tools = [t for t in args.tools.split(",") if t]
     packings = [p == "on" for p in args.packing.split(",")]
     facts = (f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, python {sys.version.split()[0]}, "
-             f"peers' venvs: {venvs or 'none'}")
+             f"peers' venvs: {venvs or 'none'}, gradient checkpointing {args.gradient_checkpointing} for every tool")
     print(f"bench_peers: {'tiny (smoke test, no figures)' if args.tiny else 'image load' if args.load else 'training'}"
           f"; {facts}", flush=True)
     with tempfile.TemporaryDirectory(dir=args.keep_logs) as tmp:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
-from torch.utils.tensorboard import SummaryWriter
 
 from vlft.errors import ConfigError
 
@@ -48,6 +47,8 @@ class TensorBoardTracker(Tracker):
     name = "tensorboard"
 
     def __init__(self, work_dir: Path, *, start_step: int):
+        from torch.utils.tensorboard import SummaryWriter   # only a run that reports to TensorBoard pays for it
+
         # purge_step drops the events of steps a resumed run is about to redo
         self.writer = SummaryWriter(str(Path(work_dir) / TENSORBOARD_DIR), purge_step=start_step + 1)
 
