@@ -46,6 +46,7 @@ def _config(root: Path, base: Path, data: Path, *, schedule=None, model=None, en
                      "warmup_ratio": 0.0, "seed": 0, "objective": "dpo", **(schedule or {})},
         "engine": {"deepspeed": None, "save_steps": 0, "logging_steps": 1, "report_to": [], **(engine or {})},
     }
+    root.mkdir(parents=True, exist_ok=True)
     path = root / "run.py"
     path.write_text("".join(f"{key} = {value!r}\n" for key, value in sections.items()))
     return path
@@ -183,3 +184,19 @@ def test_a_dpo_run_under_zero2_equals_the_plain_torch_run(tmp_path, base):
         for key in ("rewards/margin", "rewards/chosen", "loss/sigmoid"):
             name = next(k for k in want if key in k)
             assert got[name] == pytest.approx(want[name], abs=1e-5), (name, got, want)
+
+
+def test_a_dpo_run_with_gradient_checkpointing_equals_the_run_without_it(tmp_path, base):
+    """The reference forward runs under no_grad with the adapters off: checkpointing must neither warn there nor
+    change a step."""
+    import warnings
+
+    data = _pairs(tmp_path, "apple", "tree")
+    losses = {}
+    for on in (False, True):
+        config = _config(tmp_path / f"gc-{on}", base, data, schedule={"max_steps": 3},
+                         model={"gradient_checkpointing": on, "llm": {"train": "lora", "lora": {"dropout": 0.1}}})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*requires_grad.*")
+            losses[on] = train_from_config(config, work_dir=str(tmp_path / f"work-{on}")).losses
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)

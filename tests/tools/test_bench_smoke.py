@@ -63,6 +63,12 @@ def test_data_bench_runs_tiny():
         assert contender in output, contender
 
 
+def test_checkpointing_bench_runs_and_the_three_kinds_agree():
+    output = _run("bench_checkpointing.py", "--tokens", "64")  # exits 1 when loss or gradients differ
+    for kind in ("| none |", "| non-reentrant |", "| reentrant | "):
+        assert kind in output, kind
+
+
 def test_peers_bench_marks_each_peer_in_one_line_when_their_venvs_are_absent():
     env_before = os.environ.pop("VLFT_PEERS_VENVS", None)
     try:

@@ -4,8 +4,9 @@ Both peers train through `transformers.Trainer`, so one probe fits both: it wrap
 (one call per micro-batch: rows, computed tokens, real tokens, samples, and the trainable-parameter count on
 the first call) and the callback handler's `on_step_end` / `on_log` (one record per optimizer step: wall
 clock, this process's CPU time, the logged loss). Records go to a JSONL file as they happen, so a run that
-fails part-way still shows how far it got. Only the standard library and transformers are imported here:
-this file runs under the peer's python, not vlft's.
+fails part-way still shows how far it got. With `VLFT_BENCH_FEED_ONLY` set (bench_peers --load) the wrapped
+step returns a zero loss without running the model: the peer's data pipeline alone sets the pace. Only the
+standard library, torch and transformers are imported here: this file runs under the peer's python, not vlft's.
 
     python peer_probe.py EVENTS.jsonl llamafactory CONFIG.json
     python peer_probe.py EVENTS.jsonl swift ARG ARG ...
@@ -13,16 +14,31 @@ this file runs under the peer's python, not vlft's.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 
+def _attended_4d(mask):
+    """[B, T, T] booleans of a 4D mask (LLaMA-Factory's neat packing on sdpa: 0.0 attends, the dtype's min
+    does not; a boolean mask: True attends)."""
+    mask = mask[:, 0]
+    return mask == 0 if mask.is_floating_point() else mask.bool()
+
+
 def _samples_in(inputs) -> int:
     """Sequences in one micro-batch: rows when padded; segments when packed (LLaMA-Factory's neat packing
-    numbers each segment in the attention mask; ms-swift's padding-free rows restart position_ids at 0)."""
+    numbers each segment in the 2D attention mask and hands sdpa a block-diagonal 4D one, where a segment
+    starts at a token that sees itself but not the token before; ms-swift's padding-free rows restart
+    position_ids at 0)."""
     ids = inputs.get("input_ids")
     mask = inputs.get("attention_mask")
     positions = inputs.get("position_ids")
+    if mask is not None and mask.dim() == 4:
+        attended = _attended_4d(mask)
+        starts = attended.diagonal(dim1=-2, dim2=-1).clone()
+        starts[:, 1:] &= ~attended.diagonal(offset=-1, dim1=-2, dim2=-1)
+        return int(starts.sum())
     if mask is not None and mask.dim() == 2 and int(mask.max()) > 1:
         return int(mask.max(dim=1).values.sum())
     if positions is not None and ids is not None and ids.shape[0] == 1:
@@ -31,8 +47,11 @@ def _samples_in(inputs) -> int:
 
 
 def _real_tokens(inputs) -> int:
+    """Tokens that are not padding: those the attention mask lets see themselves."""
     ids = inputs.get("input_ids")
     mask = inputs.get("attention_mask")
+    if mask is not None and mask.dim() == 4:
+        return int(_attended_4d(mask).diagonal(dim1=-2, dim2=-1).sum())
     if mask is not None and mask.dim() == 2:
         return int((mask != 0).sum())
     return int(ids.numel())
@@ -49,6 +68,7 @@ def install(events_path: str) -> None:
     import transformers.trainer_callback as trainer_callback
 
     out = open(events_path, "a", buffering=1)
+    feed_only = "VLFT_BENCH_FEED_ONLY" in os.environ
     pending = {"rows": 0, "computed": 0, "real": 0, "samples": 0}
     first = [True]
 
@@ -68,6 +88,10 @@ def install(events_path: str) -> None:
             pending["computed"] += int(ids.numel())
             pending["real"] += _real_tokens(inputs)
             pending["samples"] += _samples_in(inputs)
+        if feed_only:  # bench_peers --load: the batch arrived; no compute
+            import torch
+
+            return torch.zeros(())
         return original_step(self, model, inputs, *args, **kwargs)
 
     transformers.Trainer.training_step = training_step

@@ -46,8 +46,22 @@ def apply_training_policy(model: VisionLanguageModel, spec: ModelSpec) -> Vision
         model.vision_tower.requires_grad_(True)
 
     if spec.gradient_checkpointing:
-        model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model.language_model)
     return model
+
+
+def enable_checkpointing(llm: nn.Module) -> None:
+    """Activation checkpointing of every decoder layer, reentrant: on the same step torch's non-reentrant kind
+    adds 1.18x as much to the peak, with equal gradients (tools/bench/bench_checkpointing.py). Reentrant
+    checkpointing passes gradients only to layer inputs that require them, so the embeddings' output is made
+    to (as peft and transformers do for adapters): text-only batches still train the LoRA layers."""
+    enable = getattr(llm, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    else:  # transformers before activation_checkpointing_enable
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    if not getattr(llm, "_require_grads_hooks", None) and getattr(llm, "_require_grads_hook", None) is None:
+        llm.enable_input_require_grads()
 
 
 def default_llm_targets(llm: nn.Module) -> list[str]:
