@@ -160,19 +160,28 @@ def run_gguf(python: str, out: Path, cases: list[dict], *, model: str | None, ma
 
 def run_llama_cpp(python: str, request: dict, cases: list[dict], *, max_tokens: int, scratch: Path,
                   timeout: int) -> list[dict]:
-    request = {**request, "cases": cases, "max_tokens": max_tokens, "max_len": 4096,
-               "answers": str(scratch / "answers.json")}
+    request = {**request, "cases": cases, "max_tokens": max_tokens, "max_len": 4096}
+    return run_worker(python, "llama.cpp", "--gguf-worker", request, scratch=scratch,
+                      env={**os.environ, "PYTHONPATH": ""}, timeout=timeout)
+
+
+def run_worker(python: str, server: str, flag: str, request: dict, *, scratch: Path, env: dict,
+               timeout: int) -> list[dict]:
+    """Run this file as `flag` under the server's python on `request`; the answers it wrote. Its log is kept in
+    the temp folder (the scratch folder goes); a failure raises with the log's error lines."""
+    request = {**request, "answers": str(scratch / "answers.json")}
     (scratch / "request.json").write_text(json.dumps(request))
-    log = scratch / "llama_cpp.log"
+    name = server.replace(".", "_").lower()
+    log = scratch / f"{name}.log"
     with open(log, "w") as out:
-        done = subprocess.run([python, __file__, "--gguf-worker", str(scratch / "request.json")], stdout=out,
-                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""}, timeout=timeout,
-                              cwd=scratch)
-    kept = Path(tempfile.gettempdir()) / "check_serving_llama_cpp.log"
+        done = subprocess.run([python, __file__, flag, str(scratch / "request.json")], stdout=out,
+                              stderr=subprocess.STDOUT, env=env, timeout=timeout, cwd=scratch)
+    kept = Path(tempfile.gettempdir()) / f"check_serving_{name}.log"
     shutil.copy2(log, kept)
     if done.returncode != 0:
         lines = log.read_text().strip().splitlines()
-        raise RuntimeError(f"llama.cpp failed (whole log: {kept}):\n" + "\n".join(lines[-8:]))
+        errors = [line for line in lines if "Error" in line or "error" in line][-5:]
+        raise RuntimeError(f"{server} failed (whole log: {kept}):\n" + "\n".join(errors or lines[-15:]))
     return json.loads((scratch / "answers.json").read_text())
 
 
@@ -180,14 +189,15 @@ def run_llama_cpp(python: str, request: dict, cases: list[dict], *, max_tokens: 
 # vlft side
 
 
-def vlft_answers(model: str, cases: list[dict], max_tokens: int, *, prompt_counts: list | None = None) -> list[str]:
+def vlft_answers(model, cases: list[dict], max_tokens: int, *, prompt_counts: list | None = None) -> list[str]:
     """What `vlft chat MODEL --image I --prompt P --max-new-tokens N` answers, case by case (greedy, float32);
-    each prompt's token count is appended to ``prompt_counts`` when given."""
+    ``model`` is a folder, or what load_for_inference returned for it. Each prompt's token count is appended to
+    ``prompt_counts`` when given."""
     from vlft.infer._generate import GenerationSettings, prompt_ids
     from vlft.infer.chat import ChatSession
     from vlft.infer.loading import load_for_inference
 
-    model_, pipeline = load_for_inference(model, device="cpu")
+    model_, pipeline = load_for_inference(model, device="cpu") if isinstance(model, (str, Path)) else model
     answers = []
     for case in cases:
         session = ChatSession(model_, pipeline, GenerationSettings(max_new_tokens=max_tokens))
@@ -195,14 +205,6 @@ def vlft_answers(model: str, cases: list[dict], max_tokens: int, *, prompt_count
             prompt_counts.append(len(prompt_ids(pipeline, session.sample(case["prompt"], case["image"]))))
         answers.append(session.ask(case["prompt"], case["image"]))
     return answers
-
-
-def stop_token_ids(model: str) -> list[int]:
-    """The ids vlft's generation stops on (its rule, vlft.infer._generate.stop_token_ids)."""
-    from vlft.infer._generate import stop_token_ids as vlft_stop_ids
-    from vlft.infer.loading import load_for_inference
-
-    return vlft_stop_ids(load_for_inference(model, device="cpu")[1])
 
 
 def _needs_stub_code(folder: Path) -> bool:
@@ -226,8 +228,7 @@ def servable_copy(folder: Path, scratch: Path) -> Path:
 
 def run_vllm(python: str, model: Path, cases: list[dict], *, max_tokens: int, lora: Path | None,
              scratch: Path, timeout: int) -> list[dict]:
-    request = {"model": str(model), "cases": cases, "max_tokens": max_tokens, "max_len": 4096,
-               "answers": str(scratch / "answers.json")}
+    request = {"model": str(model), "cases": cases, "max_tokens": max_tokens, "max_len": 4096}
     if lora is not None:
         config = json.loads((lora / "adapter_config.json").read_text())
         request.update(lora=str(lora), max_lora_rank=next(s for s in (8, 16, 32, 64, 128, 256, 512) if s >= config["r"]))
@@ -235,20 +236,9 @@ def run_vllm(python: str, model: Path, cases: list[dict], *, max_tokens: int, lo
         request["mm_processor_kwargs"] = record.get("mm_processor_kwargs") or {}
         if (lora / "chat_template.jinja").is_file():
             request["chat_template"] = str(lora / "chat_template.jinja")
-    (scratch / "request.json").write_text(json.dumps(request))
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
-    log = scratch / "vllm.log"
-    with open(log, "w") as out:
-        done = subprocess.run([python, __file__, "--vllm-worker", str(scratch / "request.json")], stdout=out,
-                              stderr=subprocess.STDOUT, env=env, timeout=timeout, cwd=scratch)
-    kept = Path(tempfile.gettempdir()) / "check_serving_vllm.log"  # the scratch folder goes; the log stays
-    shutil.copy2(log, kept)
-    if done.returncode != 0:
-        lines = log.read_text().strip().splitlines()
-        errors = [line for line in lines if "Error" in line or "error" in line][-5:]
-        raise RuntimeError(f"vLLM failed (whole log: {kept}):\n" + "\n".join(errors or lines[-15:]))
-    return json.loads((scratch / "answers.json").read_text())
+    return run_worker(python, "vLLM", "--vllm-worker", request, scratch=scratch, env=env, timeout=timeout)
 
 
 def table(cases: list[dict], ours: list[str], theirs: list[dict], *, server: str = "vLLM",
@@ -326,15 +316,19 @@ def main_gguf(parser, args) -> int:
     out = Path(args.gguf).resolve()
     source = args.source or json.loads((out / "vlft_gguf.json").read_text())["source"]
     cases = [{"image": str(Path(image).resolve()), "prompt": prompt} for image in args.image for prompt in args.prompt]
+    from vlft.infer._generate import stop_token_ids
+    from vlft.infer.loading import load_for_inference
+
+    loaded = load_for_inference(source, device="cpu")  # once: its stop ids for llama.cpp, then its answers
     with tempfile.TemporaryDirectory(prefix="check_serving_") as tmp:
         try:
             theirs = run_gguf(args.llama_cpp_python, out, cases, model=args.gguf_model, max_tokens=args.max_tokens,
-                              stop_ids=stop_token_ids(source), scratch=Path(tmp), timeout=args.timeout)
+                              stop_ids=stop_token_ids(loaded[1]), scratch=Path(tmp), timeout=args.timeout)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             print(f"error: {exc}")
             return 2
     counts: list[int] = []
-    ours = vlft_answers(source, cases, args.max_tokens, prompt_counts=counts)
+    ours = vlft_answers(loaded, cases, args.max_tokens, prompt_counts=counts)
     text, equal = table(cases, ours, theirs, server="llama.cpp", our_prompt_tokens=counts)
     print(text)
     verdict = "PASS" if equal == len(cases) else "FAIL"

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
-
 from vlft.errors import ConfigError
 
 #: What `engine.report_to` accepts.

@@ -94,7 +94,8 @@ def find_llama_cpp(given: str | Path | None) -> LlamaCpp:
 def check_gguf_source(peek: dict, source: Path) -> None:
     family = family_named(peek["family"])
     if family.gguf_layout is None:  # check_target refuses it first; kept for a direct caller
-        raise CheckpointError(f"--to gguf: {family.export_refusal('gguf') or family.display_name + ' has no GGUF layout'}")
+        why = family.export_refusal("gguf") or f"{family.display_name} has no GGUF layout"
+        raise CheckpointError(f"--to gguf: {why}")
     if family.gguf_layout == "internvl-chat":
         check_internvl_chat_source(peek, source)
     if peek.get("ps_version", "v2") != "v2":
@@ -102,7 +103,7 @@ def check_gguf_source(peek: dict, source: Path) -> None:
                               "projector implements only the 'v2' pixel shuffle")
 
 
-def check_image_settings(merged, outtype: str) -> list[str]:
+def check_image_settings(merged) -> list[str]:
     """Refuse what llama.cpp's projector cannot compute; the warnings for what its preprocessing does differently."""
     info = merged.info
     if info.select_layer != -1:
@@ -144,7 +145,7 @@ def write_gguf(staging: Path, merged: MergedModel | StreamedMerge, *, dtype: str
         raise ConfigError(f"--quantize needs llama-quantize: build it in {tree.root} "
                           "(`cmake -B build && cmake --build build --target llama-quantize`) or put it on PATH")
     family = family_named(merged.family)
-    warnings = check_image_settings(merged, outtype)
+    warnings = check_image_settings(merged)
 
     name = staging.name.partition(".tmp-")[0]
     folder = staging / CONVERTER_INPUT
@@ -296,14 +297,17 @@ def go_template(t) -> str:
     return "".join(parts)
 
 
+VERIFY_ELSEWHERE = ("--verify: a GGUF export is checked by llama.cpp itself: "
+                    "`python tools/check_serving.py --gguf OUT ...` (see tools/bench/README.md)")
+
+
 def verify_gguf(staging: Path, merged, *, dtype):
-    raise ConfigError("--verify: a GGUF export is checked by llama.cpp itself: "
-                      "`python tools/check_serving.py --gguf OUT ...` (see tools/bench/README.md)")
+    raise ConfigError(VERIFY_ELSEWHERE)
 
 
 def resolve_verify_gguf(family, verify: bool | None) -> bool:
     if verify:
-        verify_gguf(Path(), None, dtype=None)
+        raise ConfigError(VERIFY_ELSEWHERE)
     return False
 
 
